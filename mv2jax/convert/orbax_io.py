@@ -1,0 +1,61 @@
+"""mv2jax checkpoints: an orbax directory with a `state` tree (`model`, optionally `ema`: the NNX state as
+nested dicts in mv2jax layout) and a JSON `meta` item (model name and creation arguments)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mv2jax.convert.state_dict import to_timm_layout
+
+
+def _checkpointer():
+    import orbax.checkpoint as ocp
+
+    return ocp, ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+
+def flatten_tree(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    """Nested dict -> {'a.b.c': leaf}."""
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten_tree(v, key + "."))
+        else:
+            out[key] = np.asarray(v)
+    return out
+
+
+def write_orbax_state(path: str | os.PathLike, state: dict, meta: dict) -> None:
+    """Write `state` (a pytree of arrays) and `meta` (JSON-able) atomically: orbax writes a temporary
+    directory and renames it when complete, so a crash never leaves a half-written checkpoint."""
+    ocp, ckpt = _checkpointer()
+    path = Path(path).absolute()
+    ckpt.save(path, ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+
+def read_orbax(path: str | os.PathLike) -> tuple[dict, dict]:
+    """(state tree of numpy arrays, meta dict) of an mv2jax checkpoint directory."""
+    ocp, ckpt = _checkpointer()
+    path = Path(path).absolute()
+    try:
+        restored = ckpt.restore(path)
+    except Exception as e:  # orbax raises several types for a foreign or partial directory
+        raise ValueError(f"{path} is not an mv2jax (orbax) checkpoint directory ({type(e).__name__}: {e})") from e
+    return restored["state"], dict(restored.get("meta") or {})
+
+
+def read_orbax_state_dict(path: str | os.PathLike, use_ema: bool = False) -> dict[str, np.ndarray]:
+    """An mv2jax checkpoint directory -> timm state dict (torch layout); the EMA weights with `use_ema`."""
+    state, _ = read_orbax(path)
+    key = "ema" if use_ema else "model"
+    if key not in state:
+        raise ValueError(f"{path} has no {key!r} weights (it has {', '.join(state)})")
+    flat = flatten_tree(state[key])
+    return {
+        k: to_timm_layout(k, v.astype(np.int64) if k.endswith("num_batches_tracked") else v)
+        for k, v in flat.items()
+    }

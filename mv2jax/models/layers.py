@@ -1,0 +1,210 @@
+"""Building blocks with timm's parameter names: Conv2d, BatchNormAct2d, Linear, DropPath.
+
+Layouts: activations are NHWC; conv kernels are HWIO (`[kh, kw, in/groups, out]`); linear weights are
+`[in, out]`. Attribute names (`weight`, `bias`, `running_mean`, `running_var`, `num_batches_tracked`) are
+timm's, so a flat NNX state path joined with dots is the timm state-dict key.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+ConvImpl = Literal["auto", "xla", "cpu"]
+CONV_IMPLS = ("auto", "xla", "cpu")
+
+
+def resolve_conv_impl(conv_impl: str) -> str:
+    """'auto' -> 'cpu' on the CPU backend (shifted multiply-adds and matmuls), else 'xla' (lax convolutions)."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"unknown conv_impl {conv_impl!r}: use one of {', '.join(CONV_IMPLS)}")
+    if conv_impl == "auto":
+        return "cpu" if jax.default_backend() == "cpu" else "xla"
+    return conv_impl
+
+
+def symmetric_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
+    """PyTorch-style symmetric padding timm uses for its default `pad_type=''` (not TF 'SAME')."""
+    return ((stride - 1) + dilation * (kernel_size - 1)) // 2
+
+
+def _depthwise_shifted(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:
+    """Depthwise conv as k*k shifted multiply-adds. x: NHWC, w: HWIO `[k, k, 1, C]`."""
+    k = w.shape[0]
+    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    out_h = (x.shape[1] - k) // stride + 1
+    out_w = (x.shape[2] - k) // stride + 1
+    out = None
+    for i in range(k):
+        for j in range(k):
+            patch = jax.lax.slice(
+                x,
+                (0, i, j, 0),
+                (x.shape[0], i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, x.shape[3]),
+                (1, stride, stride, 1),
+            )
+            term = patch * w[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+def _pointwise_matmul(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """1x1 conv as a matmul over channels. x: NHWC, w: HWIO `[1, 1, in, out]`."""
+    if stride > 1:
+        x = x[:, ::stride, ::stride, :]
+    return jnp.einsum("nhwc,cd->nhwd", x, w[0, 0])
+
+
+class Conv2d(nnx.Module):
+    """Bias-free 2-D convolution (timm `create_conv2d` with pad_type='').
+
+    Parameters: `weight` HWIO `[k, k, in/groups, out]`, initialised as timm's `_init_weight_goog`
+    (normal, std sqrt(2 / fan_out), fan_out = k*k*out/groups).
+    """
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        groups: int = 1,
+        conv_impl: ConvImpl = "auto",
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if in_chs % groups or out_chs % groups:
+            raise ValueError(f"channels {in_chs}->{out_chs} are not divisible by groups={groups}")
+        self.in_chs, self.out_chs, self.kernel_size = in_chs, out_chs, kernel_size
+        self.stride, self.groups, self.padding = stride, groups, symmetric_padding(kernel_size, stride)
+        self.conv_impl = resolve_conv_impl(conv_impl)
+        self.dtype = dtype
+        fan_out = kernel_size * kernel_size * out_chs // groups
+        shape = (kernel_size, kernel_size, in_chs // groups, out_chs)
+        std = math.sqrt(2.0 / fan_out)
+        self.weight = nnx.Param(std * jax.random.normal(rngs.params(), shape, param_dtype))
+
+    @property
+    def is_depthwise(self) -> bool:
+        return self.groups > 1 and self.groups == self.in_chs == self.out_chs
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        w = self.weight[...]
+        dtype = self.dtype or jnp.result_type(x, w)
+        x, w = x.astype(dtype), w.astype(dtype)
+        if self.conv_impl == "cpu":
+            if self.kernel_size == 1 and self.groups == 1:
+                return _pointwise_matmul(x, w, self.stride)
+            if self.is_depthwise:
+                return _depthwise_shifted(x, w, self.stride, self.padding)
+        pad = self.padding
+        return jax.lax.conv_general_dilated(
+            x,
+            w,
+            window_strides=(self.stride, self.stride),
+            padding=((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=self.groups,
+        )
+
+
+class BatchNormAct2d(nnx.Module):
+    """timm's BatchNormAct2d (BatchNorm2d + optional ReLU6) over NHWC.
+
+    Train mode normalises with the biased batch variance and updates the running statistics PyTorch's
+    way: `running = (1 - momentum) * running + momentum * stat`, with the *unbiased* variance,
+    momentum 0.1 (Flax's 0.9). Statistics are computed in float32 whatever the compute dtype.
+
+    `stat_groups` splits the batch into that many equal groups with their own statistics (timm's per-GPU
+    BatchNorm without `--sync-bn`: a group per device); running statistics are updated with the mean over
+    groups, which is exactly what timm's `--dist-bn reduce` gives at epoch end since the update is linear.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        apply_act: bool = True,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        dtype=None,
+        param_dtype=jnp.float32,
+    ):
+        self.num_features, self.apply_act = num_features, apply_act
+        self.eps, self.momentum, self.dtype = eps, momentum, dtype
+        self.use_running_average = False
+        self.stat_groups = 1
+        self.weight = nnx.Param(jnp.ones((num_features,), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
+        self.running_mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+        self.running_var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+        self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), jnp.int32))
+
+    def _batch_stats(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Per-group mean and biased variance, shapes `[G, 1, 1, 1, C]`, and updates the running stats."""
+        groups = self.stat_groups
+        if x.shape[0] % groups:
+            raise ValueError(f"batch of {x.shape[0]} does not split into {groups} BatchNorm stat groups")
+        xg = x.astype(jnp.float32).reshape(groups, x.shape[0] // groups, *x.shape[1:])
+        mean = jnp.mean(xg, axis=(1, 2, 3), keepdims=True)
+        var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 3), keepdims=True)
+        n = xg.shape[1] * xg.shape[2] * xg.shape[3]
+        m = self.momentum
+        unbiased = var * (n / max(n - 1, 1))
+        self.running_mean[...] = (1 - m) * self.running_mean[...] + m * jnp.mean(mean, axis=0).reshape(-1)
+        self.running_var[...] = (1 - m) * self.running_var[...] + m * jnp.mean(unbiased, axis=0).reshape(-1)
+        self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
+        return mean, var
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out_dtype = self.dtype or x.dtype
+        w, b = self.weight[...].astype(jnp.float32), self.bias[...].astype(jnp.float32)
+        if self.use_running_average:
+            scale = w * jax.lax.rsqrt(self.running_var[...] + self.eps)
+            shift = b - self.running_mean[...] * scale
+            y = x.astype(out_dtype) * scale.astype(out_dtype) + shift.astype(out_dtype)
+        else:
+            mean, var = self._batch_stats(x)
+            xg = x.astype(jnp.float32).reshape(mean.shape[0], -1, *x.shape[1:])
+            y = ((xg - mean) * jax.lax.rsqrt(var + self.eps) * w + b).reshape(x.shape).astype(out_dtype)
+        return jax.nn.relu6(y) if self.apply_act else y
+
+
+class Linear(nnx.Module):
+    """Fully connected layer; `weight` is `[in, out]` (timm's `[out, in]` transposed), initialised as timm's
+    `_init_weight_goog` (uniform +-1/sqrt(out)), zero bias."""
+
+    def __init__(self, in_features: int, out_features: int, *, dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.in_features, self.out_features, self.dtype = in_features, out_features, dtype
+        bound = 1.0 / math.sqrt(out_features)
+        shape = (in_features, out_features)
+        self.weight = nnx.Param(jax.random.uniform(rngs.params(), shape, param_dtype, -bound, bound))
+        self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        w, b = self.weight[...], self.bias[...]
+        if self.dtype is not None:
+            x, w, b = x.astype(self.dtype), w.astype(self.dtype), b.astype(self.dtype)
+        return x @ w + b
+
+
+class DropPath(nnx.Module):
+    """Stochastic depth per sample (timm's DropPath, scale_by_keep): active only when not `deterministic`."""
+
+    def __init__(self, rate: float, *, rngs: nnx.Rngs):
+        self.rate = rate
+        self.deterministic = False
+        self.rngs = rngs["dropout"].fork()
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return x * (mask.astype(x.dtype) / jnp.asarray(keep, x.dtype))
