@@ -119,7 +119,7 @@ class BatchNormAct2d(nnx.Module):
 
     Train mode normalises with the biased batch variance and updates the running statistics PyTorch's
     way: `running = (1 - momentum) * running + momentum * stat`, with the *unbiased* variance,
-    momentum 0.1 (Flax's 0.9). Statistics are computed in float32 whatever the compute dtype.
+    momentum 0.1 (Flax's 0.9). Statistics are computed in float32 or wider, whatever the compute dtype.
 
     `stat_groups` splits the batch into that many equal groups with their own statistics (timm's per-GPU
     BatchNorm without `--sync-bn`: a group per device); running statistics are updated with the mean over
@@ -142,8 +142,9 @@ class BatchNormAct2d(nnx.Module):
         self.stat_groups = 1
         self.weight = nnx.Param(jnp.ones((num_features,), param_dtype))
         self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
-        self.running_mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
-        self.running_var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+        stat_dtype = jnp.promote_types(jnp.float32, param_dtype)
+        self.running_mean = nnx.BatchStat(jnp.zeros((num_features,), stat_dtype))
+        self.running_var = nnx.BatchStat(jnp.ones((num_features,), stat_dtype))
         self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), jnp.int32))
 
     def _batch_stats(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -151,7 +152,7 @@ class BatchNormAct2d(nnx.Module):
         groups = self.stat_groups
         if x.shape[0] % groups:
             raise ValueError(f"batch of {x.shape[0]} does not split into {groups} BatchNorm stat groups")
-        xg = x.astype(jnp.float32).reshape(groups, x.shape[0] // groups, *x.shape[1:])
+        xg = _stat_cast(x).reshape(groups, x.shape[0] // groups, *x.shape[1:])
         mean = jnp.mean(xg, axis=(1, 2, 3), keepdims=True)
         var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 3), keepdims=True)
         n = xg.shape[1] * xg.shape[2] * xg.shape[3]
@@ -164,16 +165,21 @@ class BatchNormAct2d(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         out_dtype = self.dtype or x.dtype
-        w, b = self.weight[...].astype(jnp.float32), self.bias[...].astype(jnp.float32)
+        w, b = _stat_cast(self.weight[...]), _stat_cast(self.bias[...])
         if self.use_running_average:
             scale = w * jax.lax.rsqrt(self.running_var[...] + self.eps)
             shift = b - self.running_mean[...] * scale
             y = x.astype(out_dtype) * scale.astype(out_dtype) + shift.astype(out_dtype)
         else:
             mean, var = self._batch_stats(x)
-            xg = x.astype(jnp.float32).reshape(mean.shape[0], -1, *x.shape[1:])
+            xg = _stat_cast(x).reshape(mean.shape[0], -1, *x.shape[1:])
             y = ((xg - mean) * jax.lax.rsqrt(var + self.eps) * w + b).reshape(x.shape).astype(out_dtype)
         return jax.nn.relu6(y) if self.apply_act else y
+
+
+def _stat_cast(x: jax.Array) -> jax.Array:
+    """BatchNorm statistics and affine maths in float32, or float64 when the input is."""
+    return x.astype(jnp.promote_types(jnp.float32, x.dtype))
 
 
 class Linear(nnx.Module):

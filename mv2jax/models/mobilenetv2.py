@@ -170,9 +170,8 @@ class MobileNetV2(nnx.Module):
         self.num_classes, self.global_pool = num_classes, global_pool
         feat = self.num_features * (2 if global_pool == "catavgmax" else 1)
         self.head_hidden_size = feat
-        self.classifier = None
-        if num_classes:
-            self.classifier = Linear(feat, num_classes, dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
+        linear = Linear(feat, num_classes, dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs) if num_classes else None
+        self.classifier = nnx.data(linear)  # None or a Linear: explicit data status, as reset_classifier swaps it
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None, *, seed: int = 0) -> None:
         """New classifier (timm's init) for `num_classes` (0 removes it); keeps the pooling unless given."""
@@ -180,6 +179,14 @@ class MobileNetV2(nnx.Module):
             raise ValueError("a features_only model has no classifier to reset")
         self._init_classifier(num_classes, self.global_pool if global_pool is None else global_pool,
                               nnx.Rngs(params=seed))
+
+    def set_bn_stat_groups(self, groups: int) -> MobileNetV2:
+        """Train-mode BatchNorm statistics per group of `batch/groups` examples (1 = whole batch). With the
+        batch sharded over N devices, `groups=N` gives timm's per-GPU BatchNorm; 1 gives `--sync-bn`."""
+        for _, module in self.iter_modules():
+            if isinstance(module, BatchNormAct2d):
+                module.stat_groups = groups
+        return self
 
     def train(self, **attributes) -> MobileNetV2:
         super().train(**attributes)
