@@ -1,0 +1,67 @@
+"""Shared helpers for tests against the real timm package: models with randomised BatchNorm (default
+statistics hide errors), conversion to mv2jax, and relative errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import timm
+import torch
+
+import mv2jax
+from mv2jax.convert import timm_to_mv2jax
+
+
+def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every BatchNorm non-trivial affine parameters and running statistics (in place)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(0.5 + torch.rand(n, generator=gen))
+                m.bias.copy_(0.2 * torch.randn(n, generator=gen))
+                m.running_mean.copy_(0.2 * torch.randn(n, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+                m.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=gen)))
+    return model
+
+
+def timm_model(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
+    """A timm model with seeded random weights and randomised BatchNorm, in eval mode."""
+    torch.manual_seed(seed)
+    return randomise_batchnorm(timm.create_model(name, **kwargs), seed).eval()
+
+
+def state_dict_numpy(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def mv2jax_from_timm(tmodel: torch.nn.Module, name: str, **kwargs):
+    """The mv2jax model of `name` holding `tmodel`'s weights (strict load), in eval mode."""
+    model = mv2jax.create_model(name, **kwargs)
+    return timm_to_mv2jax(state_dict_numpy(tmodel), model).eval()
+
+
+def run_timm(tmodel: torch.nn.Module, x_nhwc: np.ndarray, fn=None, dtype=torch.float32):
+    """Run `fn(model, x)` (default: forward) in `dtype` on an NHWC numpy batch; outputs as NHWC numpy."""
+    import copy
+
+    m = copy.deepcopy(tmodel).to(dtype)
+    x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))).to(dtype)
+    with torch.no_grad():
+        out = (fn or (lambda mod, t: mod(t)))(m, x)
+    return to_nhwc(out)
+
+
+def to_nhwc(out):
+    if isinstance(out, (list, tuple)):
+        return [to_nhwc(o) for o in out]
+    a = out.detach().cpu().numpy()
+    return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
+
+
+def rel_err(a, ref) -> float:
+    """max|a - ref| / max|ref|, in float64."""
+    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    assert a.shape == ref.shape, (a.shape, ref.shape)
+    return float(np.max(np.abs(a - ref)) / np.max(np.abs(ref)))
