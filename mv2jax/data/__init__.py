@@ -10,6 +10,17 @@ from mv2jax.data.config import IMAGENET_DEFAULT_STD as IMAGENET_DEFAULT_STD
 from mv2jax.data.config import IMAGENET_INCEPTION_MEAN as IMAGENET_INCEPTION_MEAN
 from mv2jax.data.config import IMAGENET_INCEPTION_STD as IMAGENET_INCEPTION_STD
 from mv2jax.data.config import resolve_data_config as resolve_data_config
+from mv2jax.data.datasets import Digits as Digits
+from mv2jax.data.datasets import ImageFolder as ImageFolder
+from mv2jax.data.datasets import TfdsSource as TfdsSource
+from mv2jax.data.datasets import create_dataset as create_dataset
+from mv2jax.data.datasets import decode_image as decode_image
+from mv2jax.data.loader import UnreadableImageError as UnreadableImageError
+from mv2jax.data.loader import create_loader as create_loader
+from mv2jax.data.loader import to_global_batch as to_global_batch
+from mv2jax.data.mixup import MixupConfig as MixupConfig
+from mv2jax.data.mixup import mixup as mixup
+from mv2jax.data.mixup import mixup_target as mixup_target
 from mv2jax.data.randaugment import RandAugment as RandAugment
 from mv2jax.data.randaugment import rand_augment_transform as rand_augment_transform
 from mv2jax.data.random_erasing import RandomErasing as RandomErasing
