@@ -17,9 +17,23 @@ class CheckpointMismatchError(ValueError):
 
 
 def model_variables(model: nnx.Module) -> dict[str, nnx.Variable]:
-    """timm key -> the model's Param / BatchStat variable (RNG state and static attributes excluded)."""
-    state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
-    return {".".join(str(p) for p in path): var for path, var in nnx.to_flat_state(state)}
+    """timm key -> the model's Param / BatchStat variable (RNG state and static attributes excluded), in
+    attribute definition order, which is timm's state-dict order (NNX's own state is sorted by name)."""
+    out: dict[str, nnx.Variable] = {}
+    _collect(model, "", out)
+    return out
+
+
+def _collect(node, prefix: str, out: dict) -> None:
+    if isinstance(node, (nnx.Param, nnx.BatchStat)):
+        out[prefix[:-1]] = node
+    elif isinstance(node, nnx.List):
+        for i, child in enumerate(node):
+            _collect(child, f"{prefix}{i}.", out)
+    elif isinstance(node, nnx.Module):
+        for name, child in vars(node).items():
+            if not name.startswith("_"):
+                _collect(child, f"{prefix}{name}.", out)
 
 
 def to_timm_layout(key: str, array: np.ndarray) -> np.ndarray:
@@ -102,7 +116,7 @@ def mv2jax_to_timm(model: nnx.Module) -> dict[str, np.ndarray]:
     tensors, int64 `num_batches_tracked`) that `timm_model.load_state_dict(strict=True)` accepts."""
     out = {}
     for key, var in model_variables(model).items():
-        array = np.asarray(var[...])
+        array = np.array(var[...])  # a writable copy (torch.from_numpy warns on read-only arrays)
         if key.endswith(_TORCH_ONLY):
             array = array.astype(np.int64)
         out[key] = to_timm_layout(key, array)

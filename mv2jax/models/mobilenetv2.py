@@ -170,7 +170,9 @@ class MobileNetV2(nnx.Module):
         self.num_classes, self.global_pool = num_classes, global_pool
         feat = self.num_features * (2 if global_pool == "catavgmax" else 1)
         self.head_hidden_size = feat
-        linear = Linear(feat, num_classes, dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs) if num_classes else None
+        linear = None
+        if num_classes:
+            linear = Linear(feat, num_classes, dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
         self.classifier = nnx.data(linear)  # None or a Linear: explicit data status, as reset_classifier swaps it
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None, *, seed: int = 0) -> None:
