@@ -104,12 +104,14 @@ def hub_download(repo_id: str, filename: str) -> str:
 
 def hub_weights(repo_id: str) -> str:
     """The repo's safetensors weights, or its pytorch_model.bin where only that exists."""
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         return hub_download(repo_id, HUB_WEIGHT_FILES[0])
     except OSError as e:
-        if isinstance(e.__cause__, EntryNotFoundError):
+        cause = e.__cause__
+        # The repo answered that it has no safetensors file (not: the Hub could not be reached).
+        if isinstance(cause, EntryNotFoundError) and not isinstance(cause, LocalEntryNotFoundError):
             return hub_download(repo_id, HUB_WEIGHT_FILES[1])
         raise
 
