@@ -12,6 +12,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 ConvImpl = Literal["auto", "xla", "cpu"]
@@ -30,6 +31,16 @@ def resolve_conv_impl(conv_impl: str) -> str:
 def symmetric_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
     """PyTorch-style symmetric padding timm uses for its default `pad_type=''` (not TF 'SAME')."""
     return ((stride - 1) + dilation * (kernel_size - 1)) // 2
+
+
+def _host_rng(rngs: nnx.Rngs) -> np.random.Generator:
+    """A numpy generator seeded from the next 'params' key. Initialising on the host with numpy avoids one
+    XLA compilation per parameter shape, which made eager model creation take seconds."""
+    return np.random.default_rng(np.asarray(jax.random.key_data(rngs.params())).tolist())
+
+
+def _param(value: np.ndarray, dtype) -> nnx.Param:
+    return nnx.Param(jnp.asarray(value.astype(jnp.dtype(dtype))))
 
 
 def _depthwise_shifted(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:
@@ -88,7 +99,7 @@ class Conv2d(nnx.Module):
         fan_out = kernel_size * kernel_size * out_chs // groups
         shape = (kernel_size, kernel_size, in_chs // groups, out_chs)
         std = math.sqrt(2.0 / fan_out)
-        self.weight = nnx.Param(std * jax.random.normal(rngs.params(), shape, param_dtype))
+        self.weight = _param(_host_rng(rngs).normal(0.0, std, shape), param_dtype)
 
     @property
     def is_depthwise(self) -> bool:
@@ -140,12 +151,12 @@ class BatchNormAct2d(nnx.Module):
         self.eps, self.momentum, self.dtype = eps, momentum, dtype
         self.use_running_average = False
         self.stat_groups = 1
-        self.weight = nnx.Param(jnp.ones((num_features,), param_dtype))
-        self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
+        self.weight = _param(np.ones(num_features), param_dtype)
+        self.bias = _param(np.zeros(num_features), param_dtype)
         stat_dtype = jnp.promote_types(jnp.float32, param_dtype)
-        self.running_mean = nnx.BatchStat(jnp.zeros((num_features,), stat_dtype))
-        self.running_var = nnx.BatchStat(jnp.ones((num_features,), stat_dtype))
-        self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), jnp.int32))
+        self.running_mean = nnx.BatchStat(jnp.asarray(np.zeros(num_features, stat_dtype)))
+        self.running_var = nnx.BatchStat(jnp.asarray(np.ones(num_features, stat_dtype)))
+        self.num_batches_tracked = nnx.BatchStat(jnp.asarray(np.zeros((), np.int32)))
 
     def _batch_stats(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Per-group mean and biased variance, shapes `[G, 1, 1, 1, C]`, and updates the running stats."""
@@ -190,8 +201,8 @@ class Linear(nnx.Module):
         self.in_features, self.out_features, self.dtype = in_features, out_features, dtype
         bound = 1.0 / math.sqrt(out_features)
         shape = (in_features, out_features)
-        self.weight = nnx.Param(jax.random.uniform(rngs.params(), shape, param_dtype, -bound, bound))
-        self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype))
+        self.weight = _param(_host_rng(rngs).uniform(-bound, bound, shape), param_dtype)
+        self.bias = _param(np.zeros(out_features), param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         w, b = self.weight[...], self.bias[...]

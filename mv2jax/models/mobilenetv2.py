@@ -152,7 +152,8 @@ class MobileNetV2(nnx.Module):
             indices = tuple(range(len(taps))) if out_indices is None else tuple(out_indices)
             if any(not 0 <= i < len(taps) for i in indices):
                 raise ValueError(f"out_indices {indices} out of range: this model has {len(taps)} feature levels")
-            self.feature_info = nnx.static(FeatureInfo(taps, indices))
+            # timm's FeatureInfo numbers the taps of a features model.
+            self.feature_info = nnx.static(FeatureInfo([t | {"index": i} for i, t in enumerate(taps)], indices))
             self.num_features = specs[-1][-1].out_chs
             return
         self.feature_info = nnx.static(FeatureInfo(taps, tuple(range(len(taps)))))

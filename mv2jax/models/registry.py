@@ -83,9 +83,10 @@ def split_model_name(name: str) -> tuple[str, str]:
 
 
 def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
-    """Names matching a glob pattern; with `pretrained=True`, `name.tag` for each tag that has weights."""
-    if pretrained:
-        names = [f"{a}.{t}" for a, (_, tags) in VARIANTS.items() for t in tags if has_weights(a, t)]
-    else:
-        names = list(VARIANTS)
-    return sorted(n for n in names if fnmatch.fnmatch(n, pattern))
+    """Names matching a glob pattern, as timm's list_models; with `pretrained=True`, `name.tag` for each tag
+    that has weights (a pattern without a tag part then matches the name before the tag too)."""
+    if not pretrained:
+        return sorted(n for n in VARIANTS if fnmatch.fnmatch(n, pattern))
+    patterns = [pattern] if "." in pattern else [pattern, f"{pattern}.*"]
+    names = [f"{a}.{t}" for a, (_, tags) in VARIANTS.items() for t in tags if has_weights(a, t)]
+    return sorted(n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns))
