@@ -15,6 +15,7 @@ from mv2jax.data.datasets import ImageFolder as ImageFolder
 from mv2jax.data.datasets import TfdsSource as TfdsSource
 from mv2jax.data.datasets import create_dataset as create_dataset
 from mv2jax.data.datasets import decode_image as decode_image
+from mv2jax.data.datasets import load_image as load_image
 from mv2jax.data.loader import UnreadableImageError as UnreadableImageError
 from mv2jax.data.loader import create_loader as create_loader
 from mv2jax.data.loader import to_global_batch as to_global_batch

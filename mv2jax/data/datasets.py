@@ -55,6 +55,17 @@ def decode_image(raw: bytes | Image.Image | np.ndarray, mode: str = "RGB") -> Im
     return img
 
 
+def load_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
+    """Open an image file fully decoded in `mode`; a missing, non-image or corrupt file is one clear error."""
+    try:
+        with open(path, "rb") as f:
+            return decode_image(f.read(), mode)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image {path} does not exist") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot read image {path}: not an image file or corrupt ({type(e).__name__}: {e})") from e
+
+
 def natural_key(text: str) -> list[int | str]:
     """timm.utils.misc.natural_key: 'c2' sorts before 'c10'."""
     return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", text.lower())]
