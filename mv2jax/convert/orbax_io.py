@@ -41,8 +41,9 @@ def read_orbax(path: str | os.PathLike) -> tuple[dict, dict]:
     """(state tree of numpy arrays, meta dict) of an mv2jax checkpoint directory."""
     ocp, ckpt = _checkpointer()
     path = Path(path).absolute()
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
     try:
-        restored = ckpt.restore(path)
+        restored = ckpt.restore(path, args)
     except Exception as e:  # orbax raises several types for a foreign or partial directory
         raise ValueError(f"{path} is not an mv2jax (orbax) checkpoint directory ({type(e).__name__}: {e})") from e
     return restored["state"], dict(restored.get("meta") or {})
