@@ -1,0 +1,189 @@
+"""The pure train and eval steps (one jitted function each) and the NaN/Inf check.
+
+Batches are dicts of arrays with the leading axis the (global) batch:
+`image` f32/bf16 `[B, H, W, C]` (NHWC, normalised), and either `label` int `[B]` (hard labels, label-smoothing
+cross entropy) or `target` f32 `[B, num_classes]` (soft targets from mixup/cutmix, smoothing already folded in,
+as timm's SoftTargetCrossEntropy). Eval batches may carry `mask` bool `[B]` (False = padding, not counted).
+
+A train step is timm's train.py iteration: forward in train mode (batch statistics, dropout and drop path),
+loss in float32, gradients wrt the parameters only, optimizer update with the lr of update `step` (the schedule
+lives inside the optax transform), BN running statistics updated, `step += 1`, then the ModelEmaV3 update
+with timm's `step=num_updates` (1-based). Mixed precision (`--amp`) is a model created with
+`dtype=jnp.bfloat16` (compute) and float32 params: losses, log-softmax, BN statistics and updates stay float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from mv2jax.train.ema import ema_decay, ema_update
+from mv2jax.train.losses import label_smoothing_cross_entropy, soft_target_cross_entropy
+from mv2jax.train.mesh import batch_sharding, replicated, shard_train_state
+from mv2jax.train.state import TrainState, ema_variables, merge_model, split_model
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Options of the train step (timm flag in brackets).
+
+    label_smoothing: [--smoothing] for hard labels; ignored for soft `target` batches (mixup folds it in).
+    ema_decay: [--model-ema-decay]; used when the state has an EMA. ema_warmup: [--model-ema-warmup].
+    bn_stat_groups: BatchNorm statistics per this many equal contiguous groups of the global batch: the number
+      of data-parallel devices for timm's per-GPU BN, 1 for [--sync-bn] (see `mv2jax.train.mesh.bn_stat_groups`).
+    """
+
+    label_smoothing: float = 0.1
+    ema_decay: float = 0.9998
+    ema_warmup: bool = False
+    bn_stat_groups: int = 1
+
+    def __post_init__(self):
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
+        if self.bn_stat_groups < 1:
+            raise ValueError(f"bn_stat_groups must be >= 1, got {self.bn_stat_groups}")
+
+
+def train_loss(logits: jax.Array, batch: Batch, smoothing: float) -> jax.Array:
+    """timm train.py's loss, mean over the batch, float32: SoftTargetCrossEntropy for a batch with `target`
+    (mixup; smoothing already in the targets), else LabelSmoothingCrossEntropy(`smoothing`) of `label`."""
+    if "target" in batch:
+        return soft_target_cross_entropy(logits, batch["target"])
+    return label_smoothing_cross_entropy(logits, batch["label"], smoothing)
+
+
+def _forward_loss(params, batch_stats, rng_state, batch: Batch, graphdef: nnx.GraphDef, config: StepConfig):
+    """Loss of a train-mode forward; aux = the model's updated (batch_stats, rng_state)."""
+    model = merge_model(graphdef, params, batch_stats, rng_state)
+    model.train()
+    model.set_bn_stat_groups(config.bn_stat_groups)
+    loss = train_loss(model(batch["image"]), batch, config.label_smoothing)
+    _, _, new_stats, new_rng = split_model(model)
+    return loss, (new_stats, new_rng)
+
+
+def _global_norm(tree) -> jax.Array:
+    return optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
+
+
+def train_step(
+    state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+    schedule: Callable[[Any], Any] | float, config: StepConfig,
+) -> tuple[TrainState, Metrics]:
+    """One optimizer update (pure; jit it with `make_train_step`). Returns (new state, metrics).
+
+    metrics (float32 scalars unless said): `loss` (mean train loss of the batch), `lr` (the lr this update used,
+    `schedule(step)`), `grad_norm` (global L2 norm of the gradients, before the optimizer), `param_norm` (global
+    L2 norm of the updated parameters), `ema_decay` (the decay this EMA update used; absent without EMA) and
+    `finite` (bool: loss, gradient and parameter norms all finite).
+    """
+    grad_fn = jax.value_and_grad(_forward_loss, has_aux=True)
+    (loss, (batch_stats, rng_state)), grads = grad_fn(
+        state.params, state.batch_stats, state.rng_state, batch, graphdef, config)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step = state.step + 1
+    metrics = {
+        "loss": loss,
+        "lr": jnp.asarray(schedule(state.step) if callable(schedule) else schedule, jnp.float32),
+        "grad_norm": _global_norm(grads),
+        "param_norm": _global_norm(params),
+    }
+    ema = state.ema
+    if ema is not None:  # ModelEmaV3.update(model, step=num_updates) right after num_updates += 1
+        decay = ema_decay(step, config.ema_decay, warmup=config.ema_warmup)
+        ema = ema_update(ema, ema_variables(params, batch_stats), decay)
+        metrics["ema_decay"] = jnp.asarray(decay, jnp.float32)
+    metrics["finite"] = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"]) & jnp.isfinite(metrics["param_norm"])
+    new_state = TrainState(step=step, params=params, batch_stats=batch_stats, rng_state=rng_state,
+                           opt_state=opt_state, ema=ema)
+    return new_state, metrics
+
+
+def eval_step(params, batch_stats, batch: Batch, rng_state, *, graphdef: nnx.GraphDef) -> Metrics:
+    """Eval-mode forward over a batch; raw or EMA weights alike (pass `state.ema['params']`, ...).
+
+    Returns sums over the examples with `mask` True (all if no mask), to be added up over batches and divided
+    by `count`: `loss_sum` (float32, plain cross entropy as timm's validate), `top1`, `top5` (correct counts,
+    float32; top-5 is top-min(5, K)) and `count`.
+    """
+    model = merge_model(graphdef, params, batch_stats, rng_state)
+    model.eval()
+    logits = model(batch["image"]).astype(jnp.float32)
+    labels = batch["label"].astype(jnp.int32)
+    mask = batch.get("mask")
+    weights = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+    loss_sum = label_smoothing_cross_entropy(logits, labels, 0.0, weights=weights, reduction="sum")
+    # rank of the true class = number of classes scoring strictly higher (ties count in the label's favour)
+    true_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+    rank = jnp.sum(logits > true_logit, axis=-1)
+    k5 = min(5, logits.shape[-1])
+    return {
+        "loss_sum": loss_sum,
+        "top1": jnp.sum((rank < 1) * weights),
+        "top5": jnp.sum((rank < k5) * weights),
+        "count": jnp.sum(weights),
+    }
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: Callable[[Any], Any] | float,
+    config: StepConfig, mesh: Mesh | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """`train_step` jitted once for these static pieces, with the state donated (argument 0).
+
+    With a mesh: the state is replicated, the batch split on its `data` axis, the outputs replicated, i.e.
+    `jax.jit(step, in_shardings=(replicated, batch_sharding), out_shardings=replicated, donate_argnums=0)`.
+    Call it with arrays already placed that way (`shard_train_state`, `shard_batch`)."""
+    fn = functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, config=config)
+    if mesh is None:
+        return jax.jit(fn, donate_argnums=0)
+    return jax.jit(fn, in_shardings=(replicated(mesh), batch_sharding(mesh)), out_shardings=replicated(mesh),
+                   donate_argnums=0)
+
+
+def make_eval_step(graphdef: nnx.GraphDef, rng_state, mesh: Mesh | None = None) -> Callable[..., Metrics]:
+    """`eval_step` jitted, as `(params, batch_stats, batch) -> metrics` (no donation: the weights are reused).
+
+    `rng_state` (unused in eval mode, needed to rebuild the module) is bound here and passed to the jitted
+    function as an argument (replicated on the mesh), never captured as a constant."""
+    def run(params, batch_stats, batch, rngs):
+        return eval_step(params, batch_stats, batch, rngs, graphdef=graphdef)
+
+    if mesh is None:
+        jitted = jax.jit(run)
+    else:
+        rep = replicated(mesh)
+        jitted = jax.jit(run, in_shardings=(rep, rep, batch_sharding(mesh), rep), out_shardings=rep)
+        rng_state = shard_train_state(rng_state, mesh)
+
+    def evaluate(params, batch_stats, batch: Batch) -> Metrics:
+        return jitted(params, batch_stats, batch, rng_state)
+
+    return evaluate
+
+
+def check_finite(metrics: Mapping[str, Any], step: int) -> None:
+    """Raise FloatingPointError (one line) if the step's `finite` flag is False. Fetches the flag (syncs)."""
+    if bool(np.asarray(metrics["finite"])):
+        return
+    loss, gnorm = (float(np.asarray(metrics.get(k, np.nan))) for k in ("loss", "grad_norm"))
+    lr = float(np.asarray(metrics.get("lr", np.nan)))
+    raise FloatingPointError(
+        f"non-finite training at step {step} (loss={loss:.4g}, grad_norm={gnorm:.4g}, lr={lr:.3g}): the run "
+        f"diverged; restart from the last good checkpoint with a lower learning rate (--lr)")
