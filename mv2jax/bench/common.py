@@ -1,0 +1,129 @@
+"""What every benchmark phase shares: the run configuration, the timing loop, memory and machine facts.
+
+Units: throughput in images/s, times in seconds, memory in MiB (2**20 bytes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+MIB = 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRecipe:
+    """timm's RA recipe for MobileNetV2 as the train step sees it (timm flag in brackets)."""
+
+    lr: float = 0.048  # [--lr]
+    weight_decay: float = 1e-5  # [--weight-decay]
+    momentum: float = 0.9  # [--momentum]
+    opt_eps: float = 1e-3  # [--opt-eps]
+    alpha: float = 0.9  # RMSpropTF decay
+    ema_decay: float = 0.9999  # [--model-ema-decay]
+    smoothing: float = 0.1  # [--smoothing]
+    drop_rate: float = 0.2  # [--drop]
+    drop_path_rate: float = 0.0  # [--drop-path]
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run. `target_run_s`: each timed run repeats the call until it lasts about this long;
+    `min_iters`/`repeats`/`warmup`: lower bound on calls per run, number of timed runs, untimed warm-up calls."""
+
+    model: str = "mobilenetv2_100"
+    img_size: int = 224
+    batch_sizes: tuple[int, ...] = (1, 32)
+    train_batch_size: int = 32
+    repeats: int = 5
+    warmup: int = 1
+    min_iters: int = 1
+    target_run_s: float = 2.0
+    threads: int = 0  # 0: every core this process may run on
+    num_classes: int = 1000
+    recipe: TrainRecipe = TrainRecipe()
+
+    def resolved_threads(self) -> int:
+        return self.threads or available_cores()
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BenchConfig:
+        data = dict(data)
+        data["batch_sizes"] = tuple(data["batch_sizes"])
+        data["recipe"] = TrainRecipe(**data["recipe"])
+        return cls(**data)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def time_calls(call: Callable[[], Any], images_per_call: int, cfg: BenchConfig) -> dict[str, Any]:
+    """Warm up, then `cfg.repeats` timed runs of back-to-back synchronous calls (`call` must block until its
+    result is ready). Returns images/s per run and their median, min, max and spread (max-min over median, %)."""
+    t0 = time.perf_counter()
+    for _ in range(max(cfg.warmup, 1)):
+        call()
+    per_call = (time.perf_counter() - t0) / max(cfg.warmup, 1)
+    iters = max(cfg.min_iters, math.ceil(cfg.target_run_s / max(per_call, 1e-6)))
+    rates = []
+    for _ in range(cfg.repeats):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            call()
+        rates.append(images_per_call * iters / (time.perf_counter() - t0))
+    median = statistics.median(rates)
+    return {
+        "median": median,
+        "min": min(rates),
+        "max": max(rates),
+        "spread_pct": 100.0 * (max(rates) - min(rates)) / median,
+        "runs": rates,
+        "iters_per_run": iters,
+        "step_s": images_per_call / median,
+    }
+
+
+def peak_rss_mib() -> float:
+    """This process's resident-set high-water mark so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine and the installed versions (read from package metadata: nothing is imported)."""
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "cores_available": available_cores(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_1_5_15": list(os.getloadavg()),
+    }
+    for name in ("jax", "jaxlib", "flax", "optax", "torch", "timm"):
+        try:
+            info[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            info[name] = None
+    return info

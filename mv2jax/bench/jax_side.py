@@ -1,0 +1,131 @@
+"""The mv2jax side: eval-mode inference and the RA-recipe train step, jitted, timed, compiled ahead of time.
+
+Each measurement reports throughput (images/s), compile time two ways (first call minus a steady-state call;
+`jax.jit(...).lower(...)` and `.compile()` timed separately after `jax.clear_caches()`), XLA's
+`memory_analysis()` (argument/output/temp/alias bytes) and `cost_analysis()` (flops, bytes accessed, per image),
+and the process RSS high-water mark. Inputs are NHWC float32.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import mv2jax
+from mv2jax.bench.common import MIB, BenchConfig, peak_rss_mib, time_calls
+from mv2jax.models.layers import resolve_conv_impl
+from mv2jax.train.optim import create_optimizer
+
+_MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
+                  "generated_code_size_in_bytes")
+
+
+def _images(cfg: BenchConfig, batch: int, seed: int = 0) -> jax.Array:
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.standard_normal((batch, cfg.img_size, cfg.img_size, 3), np.float32))
+
+
+def _labels(cfg: BenchConfig, batch: int, seed: int = 1) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).integers(0, cfg.num_classes, batch), jnp.int32)
+
+
+def xla_analysis(jitted: Callable, *args: Any, batch: int) -> dict[str, Any]:
+    """Lower and compile `jitted` afresh (caches cleared) and return the times and XLA's analyses."""
+    jax.clear_caches()
+    t0 = time.perf_counter()
+    lowered = jitted.lower(*args)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    out: dict[str, Any] = {"lower_s": t1 - t0, "compile_s": t2 - t1}
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        out["memory_mib"] = {f.removesuffix("_size_in_bytes"): getattr(mem, f) / MIB for f in _MEMORY_FIELDS}
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    if cost:
+        out["cost_per_image"] = {
+            "gflops": cost.get("flops", 0.0) / batch / 1e9,
+            "mib_accessed": cost.get("bytes accessed", 0.0) / batch / MIB,
+            "transcendentals": cost.get("transcendentals", 0.0) / batch,
+        }
+    return out
+
+
+def _first_call_s(call: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    call()
+    return time.perf_counter() - t0
+
+
+def _record(mode: str, conv_impl: str, batch: int, call: Callable[[], Any], cfg: BenchConfig) -> dict[str, Any]:
+    """First (compiling) call, steady-state timing and RSS of one jitted call; compile info to be completed."""
+    first = _first_call_s(call)
+    timing = time_calls(call, batch, cfg)
+    resolved = resolve_conv_impl(conv_impl)
+    return {
+        "side": "mv2jax", "mode": mode, "variant": f"conv_impl={resolved}", "batch_size": batch, "status": "ok",
+        "conv_impl": resolved, "conv_impl_auto": resolve_conv_impl("auto"), "images_per_s": timing,
+        "compile": {"first_call_s": first, "first_call_minus_steady_s": max(first - timing["step_s"], 0.0)},
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def inference_phase(cfg: BenchConfig, conv_impl: str) -> list[dict[str, Any]]:
+    """Eval-mode logits of `cfg.model` for each batch size, as one jitted pure function of (state, images)."""
+    model = mv2jax.create_model(cfg.model, conv_impl=conv_impl, num_classes=cfg.num_classes).eval()
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+    results = []
+    for batch in sorted(cfg.batch_sizes):
+        x = _images(cfg, batch)
+        result = _record("inference", conv_impl, batch, lambda x=x: forward(state, x).block_until_ready(), cfg)
+        result["compile"].update(xla_analysis(forward, state, x, batch=batch))
+        results.append(result)
+    return results
+
+
+def build_train_step(model: nnx.Module, cfg: BenchConfig) -> tuple[Callable, Any, str]:
+    """(jitted donated step, initial state, which implementation): `mv2jax.train.step` when importable,
+    else the benchmark's stand-in (`mv2jax.bench.fallback_step`)."""
+    r = cfg.recipe
+    tx = create_optimizer("rmsproptf", r.lr, weight_decay=r.weight_decay, momentum=r.momentum, eps=r.opt_eps,
+                          alpha=r.alpha)
+    try:
+        from mv2jax.train.state import create_train_state
+        from mv2jax.train.step import StepConfig, make_train_step
+    except ImportError:
+        from mv2jax.bench import fallback_step
+
+        step, state = fallback_step.make_train_step(model, tx, smoothing=r.smoothing, ema_decay_value=r.ema_decay)
+        return step, state, "mv2jax.bench.fallback_step"
+    graphdef, state = create_train_state(model, tx, use_ema=True)
+    step = make_train_step(graphdef, tx, r.lr, StepConfig(label_smoothing=r.smoothing, ema_decay=r.ema_decay))
+    return step, state, "mv2jax.train.step"
+
+
+def train_phase(cfg: BenchConfig, conv_impl: str) -> list[dict[str, Any]]:
+    """The RA-recipe train step at `cfg.train_batch_size`, state donated, timed end to end per step."""
+    r = cfg.recipe
+    model = mv2jax.create_model(cfg.model, conv_impl=conv_impl, num_classes=cfg.num_classes, drop_rate=r.drop_rate,
+                                drop_path_rate=r.drop_path_rate).train()
+    step, state, step_impl = build_train_step(model, cfg)
+    batch_size = cfg.train_batch_size
+    batch = {"image": _images(cfg, batch_size), "label": _labels(cfg, batch_size)}
+    abstract_state = jax.eval_shape(lambda s: s, state)
+    holder = [state]
+
+    def call() -> None:
+        holder[0], metrics = step(holder[0], batch)
+        jax.block_until_ready((holder[0], metrics))
+
+    result = _record("train", conv_impl, batch_size, call, cfg)
+    result["step_impl"] = step_impl
+    result["compile"].update(xla_analysis(step, abstract_state, batch, batch=batch_size))
+    return [result]

@@ -1,0 +1,112 @@
+"""Summary (best of each side, ratios, the project's targets) and the printed table of a benchmark run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The project's targets: mv2jax / timm-best throughput ratios, and the train-step compile budget (seconds).
+TARGET_INFER_RATIO = 1.5
+TARGET_TRAIN_RATIO = 1.5
+TARGET_TRAIN_COMPILE_S = 10.0
+
+
+def _ok(results: list[dict], **match: Any) -> list[dict]:
+    return [r for r in results if r.get("status") == "ok" and all(r.get(k) == v for k, v in match.items())]
+
+
+def _best(results: list[dict]) -> dict[str, Any] | None:
+    if not results:
+        return None
+    r = max(results, key=lambda r: r["images_per_s"]["median"])
+    return {"variant": r["variant"], "images_per_s": r["images_per_s"]["median"]}
+
+
+def _compare(results: list[dict], mode: str, batch: int) -> dict[str, Any]:
+    """Best mv2jax and best timm at one (mode, batch), their ratio, and each mv2jax variant's ratio."""
+    mv2, timm = _ok(results, side="mv2jax", mode=mode, batch_size=batch), _ok(results, side="timm", mode=mode,
+                                                                              batch_size=batch)
+    out: dict[str, Any] = {"mv2jax_best": _best(mv2), "timm_best": _best(timm), "ratio": None, "per_variant": {}}
+    if out["timm_best"]:
+        base = out["timm_best"]["images_per_s"]
+        out["per_variant"] = {r["variant"]: r["images_per_s"]["median"] / base for r in mv2}
+        if out["mv2jax_best"]:
+            out["ratio"] = out["mv2jax_best"]["images_per_s"] / base
+    return out
+
+
+def summarize(results: list[dict], batch_sizes: tuple[int, ...], train_batch: int | None) -> dict[str, Any]:
+    """Ratios (mv2jax best / timm best, > 1 means mv2jax is faster) and whether the project's targets are met."""
+    summary: dict[str, Any] = {"inference": {str(b): _compare(results, "inference", b) for b in batch_sizes}}
+    targets: dict[str, Any] = {}
+    for b, comp in summary["inference"].items():
+        if comp["ratio"] is not None:
+            targets[f"inference_b{b}_ratio>={TARGET_INFER_RATIO}"] = comp["ratio"] >= TARGET_INFER_RATIO
+    if train_batch is not None:
+        comp = _compare(results, "train", train_batch)
+        summary["train"] = {str(train_batch): comp}
+        if comp["ratio"] is not None:
+            targets[f"train_b{train_batch}_ratio>={TARGET_TRAIN_RATIO}"] = comp["ratio"] >= TARGET_TRAIN_RATIO
+        compiles = [r["compile"]["compile_s"] for r in _ok(results, side="mv2jax", mode="train")]
+        if compiles:
+            targets[f"train_compile_s<={TARGET_TRAIN_COMPILE_S}"] = min(compiles) <= TARGET_TRAIN_COMPILE_S
+    summary["targets_met"] = targets
+    return summary
+
+
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _row(r: dict, summary: dict) -> str:
+    head = f"{r['mode']:<9} {r['side']:<6} {r['variant']:<22} {r['batch_size']:>5}"
+    if r.get("status") != "ok":
+        return f"{head}  {r.get('status', '?').upper()}: {r.get('error', '').splitlines()[-1][:90]}"
+    ips = r["images_per_s"]
+    comp = summary.get(r["mode"], {}).get(str(r["batch_size"]), {})
+    timm_best = (comp.get("timm_best") or {}).get("images_per_s")
+    ratio = ips["median"] / timm_best if timm_best else None
+    c = r.get("compile", {})
+    aot = c["lower_s"] + c["compile_s"] if "compile_s" in c else None
+    temp = c.get("memory_mib", {}).get("temp")
+    return (f"{head} {ips['median']:>9.2f} {ips['min']:>8.2f}-{ips['max']:<8.2f} {ips['spread_pct']:>5.1f}% "
+            f"{_fmt(ratio, '.2f'):>6} {c.get('first_call_minus_steady_s', 0.0):>8.1f} {_fmt(aot):>8} "
+            f"{r['peak_rss_mib']:>8.0f} {_fmt(temp):>8}")
+
+
+def _cost_lines(results: list[dict]) -> list[str]:
+    lines = []
+    for r in _ok(results, side="mv2jax"):
+        cost = r["compile"].get("cost_per_image")
+        if cost:
+            lines.append(f"  {r['mode']:<9} {r['variant']:<22} b={r['batch_size']:<3} "
+                         f"{cost['gflops']:.3f} GFLOP/image, {cost['mib_accessed']:.1f} MiB accessed/image")
+    return lines
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The human-readable table of a finished run (`report` as written to the JSON file)."""
+    m, results, summary = report["machine"], report["results"], report["summary"]
+    lines = [
+        f"mv2jax benchmark: {report['config']['model']} @ {report['config']['img_size']}px, fp32",
+        f"machine: {m['cpu_model']}, {m['cores_available']} cores; threads: {report['threads']['description']}",
+        f"versions: jax {m['jax']}, flax {m['flax']}, torch {m['torch']}, timm {m['timm']}; "
+        f"conv_impl auto -> {report['conv_impl_auto']}; train step: {report.get('step_impl') or '-'}",
+        f"load average before/after: {report['load_before']} / {report['load_after']}",
+        "",
+        f"{'mode':<9} {'side':<6} {'variant':<22} {'batch':>5} {'img/s':>9} {'min-max':^17} {'sprd':>6} "
+        f"{'/timm':>6} {'jit1st s':>8} {'AOT s':>8} {'RSS MiB':>8} {'XLAtmp':>8}",
+    ]
+    lines += [_row(r, summary) for r in results]
+    lines += ["", "mv2jax best / timm best (images/s):"]
+    for mode in ("inference", "train"):
+        for batch, comp in summary.get(mode, {}).items():
+            mb, tb = comp["mv2jax_best"] or {}, comp["timm_best"] or {}
+            lines.append(f"  {mode:<9} b={batch:<3} {_fmt(mb.get('images_per_s'), '.2f')} ({mb.get('variant', '-')})"
+                         f" / {_fmt(tb.get('images_per_s'), '.2f')} ({tb.get('variant', '-')})"
+                         f" = {_fmt(comp['ratio'], '.2f')}x")
+    lines += ["", "XLA cost analysis per image:"] + _cost_lines(results)
+    met = summary["targets_met"].items()
+    lines += ["", "targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in met)]
+    lines += ["columns: jit1st s = first call minus steady step (trace+compile); AOT s = lower()+compile() after "
+              "clearing caches; RSS = process high-water mark (fresh process per phase); XLAtmp = XLA temp buffers"]
+    return "\n".join(lines)

@@ -1,0 +1,190 @@
+"""python -m mv2jax.benchmark — mv2jax vs timm on this machine, in one run, on the same threads.
+
+Measures inference images/s (per batch size, fp32, every mv2jax `conv_impl` and timm eager / channels_last /
+torch.compile), the RA-recipe train step images/s, jit and torch.compile times, peak RSS and XLA's memory and
+cost analyses; prints a table and writes JSON (`--output`). Each phase (side x mode x variant) runs in a fresh
+subprocess so its RSS high-water mark and compile times are its own; phases run one after another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mv2jax.bench.common import BenchConfig, available_cores, machine_info
+from mv2jax.bench.report import format_report, summarize
+
+CONV_IMPLS = ("cpu", "xla")
+QUICK = dict(model="mobilenetv2_035", img_size=64, repeats=2, warmup=1, min_iters=2, target_run_s=0.0)
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    side: str  # 'mv2jax' | 'timm'
+    mode: str  # 'inference' | 'train'
+    variant: str  # a conv_impl for mv2jax, a timm_side variant for timm
+
+    @property
+    def name(self) -> str:
+        return f"{self.side}:{self.mode}:{self.variant}"
+
+    @classmethod
+    def parse(cls, name: str) -> Phase:
+        return cls(*name.split(":"))
+
+
+def plan(args: argparse.Namespace) -> list[Phase]:
+    """Every phase this run measures, mv2jax first."""
+    modes = ["inference"] + ([] if args.skip_train else ["train"])
+    phases = [Phase("mv2jax", m, impl) for m in modes for impl in CONV_IMPLS]
+    if not args.skip_timm:
+        variants = ["eager", "channels_last", "channels_last_1thread"] + ([] if args.no_torch_compile else ["compile"])
+        phases += [Phase("timm", m, v) for m in modes for v in variants]
+    return phases
+
+
+def run_phase(phase: Phase, cfg: BenchConfig) -> list[dict[str, Any]]:
+    """Run one phase in this process (imports only its own framework)."""
+    if phase.side == "mv2jax":
+        from mv2jax.bench import jax_side
+
+        fn = jax_side.inference_phase if phase.mode == "inference" else jax_side.train_phase
+    else:
+        from mv2jax.bench import timm_side
+
+        fn = timm_side.inference_phase if phase.mode == "inference" else timm_side.train_phase
+    return fn(cfg, phase.variant)
+
+
+def _failed_phase(phase: Phase, cfg: BenchConfig, error: str) -> list[dict[str, Any]]:
+    batches = sorted(cfg.batch_sizes) if phase.mode == "inference" else [cfg.train_batch_size]
+    return [{"side": phase.side, "mode": phase.mode, "variant": phase.variant, "batch_size": b, "status": "failed",
+             "error": error} for b in batches]
+
+
+def run_isolated(phase: Phase, cfg: BenchConfig, timeout_s: float) -> list[dict[str, Any]]:
+    """Run `phase` in a fresh `python -m mv2jax.benchmark --phase ...` subprocess and read its JSON back."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_path, out_path = Path(tmp, "config.json"), Path(tmp, "out.json")
+        cfg_path.write_text(json.dumps(cfg.to_json()))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
+        cmd = [sys.executable, "-m", "mv2jax.benchmark", "--phase", phase.name, "--config-json", str(cfg_path),
+               "--phase-output", str(out_path)]
+        try:
+            proc = subprocess.run(cmd, env=env, timeout=timeout_s, capture_output=True, text=True)
+        except subprocess.TimeoutExpired:
+            return _failed_phase(phase, cfg, f"timed out after {timeout_s:.0f} s")
+        if proc.returncode != 0 or not out_path.exists():
+            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+            return _failed_phase(phase, cfg, f"exit code {proc.returncode}: {tail}")
+        return json.loads(out_path.read_text())
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    fields: dict[str, Any] = dict(QUICK) if args.quick else {}
+    for key in ("model", "img_size", "repeats", "warmup", "threads", "train_batch_size"):
+        if getattr(args, key) is not None:
+            fields[key] = getattr(args, key)
+    if args.batch_sizes is not None:
+        fields["batch_sizes"] = tuple(args.batch_sizes)
+    return BenchConfig(**fields)
+
+
+def _threads_info(cfg: BenchConfig) -> dict[str, Any]:
+    n = cfg.resolved_threads()
+    return {"count": n, "description": (
+        f"{n} (each phase pinned to {n} cores; torch.set_num_threads({n}) + set_num_interop_threads({n}); "
+        f"XLA:CPU sizes its intra-op pool to the process's {n} cores)")}
+
+
+def _pin_cores(threads: int) -> None:
+    """Restrict this process (and so XLA's and torch's pools) to `threads` cores, before jax/torch start."""
+    cores = sorted(os.sched_getaffinity(0))
+    if threads and threads < len(cores):
+        os.sched_setaffinity(0, cores[:threads])
+
+
+def run_all(args: argparse.Namespace, cfg: BenchConfig) -> dict[str, Any]:
+    """Every planned phase (isolated unless `--no-isolate`), then the summary: the report as written to JSON."""
+    t0, load_before = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
+    results: list[dict[str, Any]] = []
+    for phase in plan(args):
+        print(f"[benchmark] {phase.name} ...", file=sys.stderr, flush=True)
+        t_phase = time.perf_counter()
+        phase_results = (run_phase(phase, cfg) if args.no_isolate
+                         else run_isolated(phase, cfg, args.phase_timeout))
+        for r in phase_results:  # the load average says how much other work shared the cores meanwhile
+            r["phase_wall_s"], r["load_avg_1min_after"] = time.perf_counter() - t_phase, os.getloadavg()[0]
+        results += phase_results
+    mv2 = [r for r in results if r["side"] == "mv2jax" and r.get("status") == "ok"]
+    return {
+        "config": cfg.to_json(),
+        "machine": machine_info(),
+        "threads": _threads_info(cfg),
+        "isolated_phases": not args.no_isolate,
+        "conv_impl_auto": next((r["conv_impl_auto"] for r in mv2), None),
+        "conv_impls_run": sorted({r["conv_impl"] for r in mv2}),
+        "step_impl": next((r["step_impl"] for r in mv2 if "step_impl" in r), None),
+        "results": results,
+        "summary": summarize(results, cfg.batch_sizes, None if args.skip_train else cfg.train_batch_size),
+        "load_before": load_before,
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "total_wall_s": time.perf_counter() - t0,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m mv2jax.benchmark", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="timm model name (default mobilenetv2_100)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="inference batch sizes (default 1 32)")
+    p.add_argument("--train-batch-size", type=int, default=None, help="train step batch size (default 32)")
+    p.add_argument("--img-size", type=int, default=None, help="square input size in pixels (default 224)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median reported)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls after the first (compile) call")
+    p.add_argument("--threads", type=int, default=None, help="cores for both sides (default: all available)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny run for tests: mobilenetv2_035 at 64 px, 2 short runs, no torch.compile")
+    p.add_argument("--skip-timm", action="store_true", help="measure mv2jax only")
+    p.add_argument("--skip-train", action="store_true", help="inference only")
+    p.add_argument("--no-torch-compile", action="store_true", help="skip timm's torch.compile variants")
+    p.add_argument("--no-isolate", action="store_true", help="run phases in this process (RSS then accumulates)")
+    p.add_argument("--phase-timeout", type=float, default=3600.0, help="seconds before a phase is abandoned")
+    p.add_argument("--output", default=None, help="write the JSON report here")
+    p.add_argument("--phase", help=argparse.SUPPRESS)
+    p.add_argument("--config-json", help=argparse.SUPPRESS)
+    p.add_argument("--phase-output", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.no_torch_compile = args.no_torch_compile or args.quick
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    args = parse_args(argv)
+    if args.phase:  # internal: one isolated phase, results to --phase-output
+        cfg = BenchConfig.from_json(json.loads(Path(args.config_json).read_text()))
+        _pin_cores(cfg.threads)
+        Path(args.phase_output).write_text(json.dumps(run_phase(Phase.parse(args.phase), cfg)))
+        return None
+    cfg = config_from_args(args)
+    if cfg.threads and cfg.threads > available_cores():
+        raise SystemExit(f"--threads {cfg.threads} exceeds the {available_cores()} cores available")
+    report = run_all(args, cfg)
+    print(format_report(report))
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=1))
+        print(f"\nwrote {args.output}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
