@@ -186,7 +186,7 @@ class MobileNetV2(nnx.Module):
     def set_bn_stat_groups(self, groups: int) -> MobileNetV2:
         """Train-mode BatchNorm statistics per group of `batch/groups` examples (1 = whole batch). With the
         batch sharded over N devices, `groups=N` gives timm's per-GPU BatchNorm; 1 gives `--sync-bn`."""
-        for _, module in self.iter_modules():
+        for _, module in nnx.iter_modules(self):
             if isinstance(module, BatchNormAct2d):
                 module.stat_groups = groups
         return self

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import signal
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -165,7 +166,8 @@ class TrainCheckpointer:
             meta=ocp.args.JsonSave(dict(meta, has_ema=state.ema is not None)),
             data=ocp.args.JsonSave(dict(data_state or {})),
         )
-        return self.manager.save(step, args=args, metrics=dict(metrics) if metrics else None)
+        with _quiet_absl("did not provide metrics"):  # a preemption checkpoint has none, on purpose
+            return self.manager.save(step, args=args, metrics=dict(metrics) if metrics else None)
 
     def read_meta(self, step: int) -> dict:
         return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
@@ -209,6 +211,18 @@ class TrainCheckpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+@contextlib.contextmanager
+def _quiet_absl(text: str) -> Iterator[None]:
+    """Drop absl log records containing `text` while inside."""
+    drop = lambda record: text not in record.getMessage()
+    logger = logging.getLogger("absl")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def find_checkpoint(path: str | Path) -> tuple[Path, int | None]:

@@ -174,13 +174,13 @@ def _env() -> dict[str, str]:
 
 
 def launch(run_dir: Path, *extra: str) -> subprocess.Popen:
-    """`python train.py RUN_FLAGS` into `run_dir` (stdout/stderr to files there)."""
+    """`python train.py RUN_FLAGS` into `run_dir` (stdout/stderr to files there), in its own process group."""
     run_dir.mkdir(parents=True, exist_ok=True)
     n = len(list(run_dir.glob("stdout*")))
     cmd = [sys.executable, "train.py", *RUN_FLAGS, "--output", str(run_dir.parent), "--experiment", run_dir.name,
            *extra]
     return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=open(run_dir / f"stdout{n}", "w"),
-                            stderr=open(run_dir / f"stderr{n}", "w"))
+                            stderr=open(run_dir / f"stderr{n}", "w"), start_new_session=True)
 
 
 def output(run_dir: Path, n: int) -> str:
@@ -193,13 +193,13 @@ def steps_saved(run_dir: Path) -> list[int]:
 
 
 def interrupt_after_first_checkpoint(procs: dict[Path, tuple[subprocess.Popen, int]]) -> dict[Path, int]:
-    """Send each process its signal as soon as its run directory holds a committed checkpoint; return the steps
-    saved at that moment."""
+    """Send each process group its signal (as SLURM does: data workers get it too) as soon as its run directory
+    holds a committed checkpoint; return the steps saved at that moment."""
     seen, deadline = {}, time.monotonic() + TIMEOUT
     while len(seen) < len(procs) and time.monotonic() < deadline:
         for run_dir, (proc, sig) in procs.items():
             if run_dir not in seen and steps_saved(run_dir):
-                proc.send_signal(sig)
+                os.killpg(proc.pid, sig)
                 seen[run_dir] = steps_saved(run_dir)[-1]
             assert run_dir in seen or proc.poll() is None, output(run_dir, 0)
         time.sleep(0.02)
@@ -216,23 +216,24 @@ def final_state(run_dir: Path, step: int = FINAL_STEP) -> dict:
 
 @pytest.fixture(scope="module")
 def resumed_runs(tmp_path_factory) -> dict[str, Path]:
-    """An uninterrupted run, a run stopped by SIGTERM and one killed with -9 (all at once), then both reruns."""
+    """An uninterrupted run, a run stopped by SIGTERM and one killed with -9 (all at once), then both reruns.
+    The SIGTERM run loads data with a worker process (-j 1; batches do not depend on the worker count)."""
     root = tmp_path_factory.mktemp("resume")
     dirs = {name: root / name for name in ("reference", "sigterm", "kill9")}
-    procs = {name: launch(d) for name, d in dirs.items()}
+    procs = {name: launch(d, *(["-j", "1"] if name == "sigterm" else [])) for name, d in dirs.items()}
     first = interrupt_after_first_checkpoint({dirs["sigterm"]: (procs["sigterm"], signal.SIGTERM),
                                               dirs["kill9"]: (procs["kill9"], signal.SIGKILL)})
     codes = {name: p.wait(TIMEOUT) for name, p in procs.items()}
     assert codes == {"reference": 0, "sigterm": 0, "kill9": -signal.SIGKILL}, \
         {n: output(d, 0)[-2000:] for n, d in dirs.items()}
     assert len(first) == 2
-    reruns = {name: launch(dirs[name]) for name in ("sigterm", "kill9")}
+    reruns = {name: launch(dirs[name], *(["-j", "1"] if name == "sigterm" else [])) for name in ("sigterm", "kill9")}
     for name, p in reruns.items():
         assert p.wait(TIMEOUT) == 0, output(dirs[name], 1)[-3000:]
     return dirs
 
 
-def test_sigterm_saves_at_a_step_boundary_exits_0_and_a_rerun_ends_exactly_as_an_uninterrupted_run(resumed_runs):
+def test_sigterm_to_the_process_group_saves_at_a_step_boundary_exits_0_and_a_rerun_ends_exactly_as_before(resumed_runs):
     run_dir = resumed_runs["sigterm"]
     first, second = output(run_dir, 0), output(run_dir, 1)
     assert "SIGTERM: checkpoint saved at update" in first and "rerun the same command to resume" in first
