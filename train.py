@@ -4,10 +4,13 @@
 No arguments: a quick demo run (mobilenetv2_035 on the embedded digits dataset, a few minutes on a CPU).
 Exit codes: 0 done (or stopped by SIGTERM after saving a checkpoint: rerun the same command to resume),
 1 training diverged (non-finite loss; the last checkpoint is intact), 2 bad configuration.
+`kill -USR1 PID` prints the stack of every thread to stderr (to see where a stuck run waits).
 """
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -21,25 +24,26 @@ def _metrics_text(name: str, metrics: dict | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     config = parse_config(argv)
     from mv2jax.train.loop import train  # after parsing: --help and flag errors need no JAX
 
     try:
         result = train(config)
     except FloatingPointError as e:
-        print(f"train.py: stopped: {e}", file=sys.stderr)
+        print(f"train.py: stopped: {e}", file=sys.stderr, flush=True)
         return 1
     except ConfigError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+        print(f"train.py: error: {e}", file=sys.stderr, flush=True)
         return 2
     if result.preempted:
         print(f"SIGTERM: checkpoint saved at update {result.step} (epoch {result.epochs_done}) in "
-              f"{result.run_dir}; rerun the same command to resume")
+              f"{result.run_dir}; rerun the same command to resume", flush=True)
         return 0
     lines = [_metrics_text("raw", result.eval), _metrics_text("EMA", result.eval_ema)]
     best = f", best checkpoint: checkpoints/{result.best_step}" if result.best_step is not None else ""
     print(f"Done: {result.epochs_done} epochs in {result.wall_time:.0f} s; " + "; ".join(x for x in lines if x)
-          + f" (held-out split){best}; output {result.run_dir}")
+          + f" (held-out split){best}; output {result.run_dir}", flush=True)
     return 0
 
 

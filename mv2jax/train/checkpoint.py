@@ -17,8 +17,8 @@ Retention: the last `keep_last` checkpoints plus the best one by the eval metric
 
 Preemption: `PreemptionGuard` turns SIGTERM into a request the loop polls at every step boundary; with several
 processes, orbax's `reached_preemption` (JAX's preemption sync service) makes all processes stop at the same step.
-Data-loading workers are started under `sigterm_blocked()`, so a signal sent to the whole process group reaches only
-the training process (a killed worker would leave it waiting for a batch).
+Data-loading workers inherit a blocked SIGTERM, so a signal sent to the whole process group stops only the training
+process.
 """
 
 from __future__ import annotations
@@ -241,50 +241,53 @@ def find_checkpoint(path: str | Path) -> tuple[Path, int | None]:
 
 # --- preemption ---------------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def sigterm_blocked() -> Iterator[None]:
-    """Block SIGTERM in this thread while starting data-loading worker processes: they inherit the block (it
-    survives exec), so a scheduler that signals the whole process group (SLURM, `kill -TERM -PGID`) stops only the
-    main process, which saves a checkpoint and closes its workers itself. A SIGTERM arriving meanwhile is delivered
-    when the block lifts."""
-    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 class PreemptionGuard:
     """SIGTERM -> a stop request seen at the next step boundary (`requested(step)`).
 
-    Single process: a Python SIGTERM handler sets a flag. Several processes: JAX's preemption sync service (set up
-    by `jax.distributed.initialize`) catches the signal and `reached_preemption(step)` is True at the same step on
-    every process, so all of them save together; no Python handler is installed then.
+    Single process: SIGTERM is blocked in the calling thread while inside (enter it before any data-loading thread
+    or worker process starts: they inherit the block, which survives exec) and polled with `sigpending` at step
+    boundaries. So a scheduler that signals the whole process group (SLURM, `kill -TERM -PGID`) stops only the
+    training process, which saves a checkpoint and closes its workers itself; a worker killed mid-start would
+    leave it waiting forever. A handler also catches the signal should a thread without the block receive it.
+
+    Several processes: JAX's preemption sync service (set up by `jax.distributed.initialize`) catches the signal
+    and `reached_preemption(step)` is True at the same step on every process, so all of them save together; no
+    handler or block is installed then. `manager` may be set after entering.
     """
 
     def __init__(self, manager: ocp.CheckpointManager | None = None, multi_process: bool | None = None):
         self.manager = manager
         self.multi_process = jax.process_count() > 1 if multi_process is None else multi_process
         self.signal_received: int | None = None
-        self._previous = None
+        self._previous_handler: Any = None
+        self._previous_mask: set | None = None
 
     def __enter__(self) -> PreemptionGuard:
         if not self.multi_process:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous_handler = signal.signal(signal.SIGTERM, self._handle)
+            if hasattr(signal, "pthread_sigmask"):
+                self._previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        if self.multi_process:
+            return
+        if self._previous_mask is not None:
+            if self._pending():  # handled (we stopped): consume it, or unblocking would deliver it again
+                signal.sigtimedwait([signal.SIGTERM], 0)
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._previous_mask)
+            self._previous_mask = None
+        signal.signal(signal.SIGTERM, self._previous_handler)
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signal_received = signum
 
+    def _pending(self) -> bool:
+        return self._previous_mask is not None and signal.SIGTERM in signal.sigpending()
+
     def requested(self, step: int) -> bool:
+        if self.signal_received is None and self._pending():
+            self.signal_received = signal.SIGTERM
         if self.signal_received is not None:
             return True
         return bool(self.multi_process and self.manager is not None and self.manager.reached_preemption(step))

@@ -35,7 +35,6 @@ from mv2jax.train.checkpoint import (
     TrainCheckpointer,
     find_checkpoint,
     set_step,
-    sigterm_blocked,
 )
 from mv2jax.train.config import ConfigError, TrainConfig
 from mv2jax.train.logging import RunLogger
@@ -308,18 +307,10 @@ def resume(run: Run, state: TrainState, ckpt: TrainCheckpointer) -> tuple[TrainS
     return shard_train_state(state, run.mesh), dataclasses.replace(start, step=expected)
 
 
-def _start(it: LoaderIterator) -> LoaderIterator:
-    """Start reading now, worker processes shielded from a process-group SIGTERM (see `sigterm_blocked`)."""
-    with sigterm_blocked():
-        it.start_prefetch()
-    return it
-
-
 def _seek(run: Run, it: LoaderIterator, step: int) -> None:
     position = run.loader_position(step)
     if it.step != position:
         it.set_state(dict(it.get_state(), step=position))
-    _start(it)
 
 
 def _restore_loader(run: Run, it: LoaderIterator, start: Start) -> None:
@@ -396,7 +387,7 @@ def evaluate(run: Run, weights: list[tuple[Any, Any]]) -> list[dict[str, float]]
     """timm's validate for each (params, batch_stats) in one pass over the eval split: {loss, top1, top5}
     (plain cross entropy; top-k in percent), every example counted exactly once."""
     totals: list[Any] = [None] * len(weights)
-    it = _start(iter(run.eval_loader))
+    it = iter(run.eval_loader)
     try:
         for batch in it:
             device_batch = shard_batch({k: batch[k] for k in EVAL_KEYS}, run.mesh)
@@ -460,25 +451,24 @@ def _complete_result(run: Run, start: Start, ckpt: TrainCheckpointer, t0: float)
 
 
 def _run_epochs(run: Run, state: TrainState, start: Start, it: LoaderIterator, ckpt: TrainCheckpointer,
-                logger: RunLogger, t0: float) -> TrainResult:
+                logger: RunLogger, guard: PreemptionGuard, t0: float) -> TrainResult:
     record: dict = {}
     ep = EpochState(start.epoch, start.epoch_step, start.loss_sum)
-    with PreemptionGuard(ckpt.manager) as guard:
-        for epoch in range(start.epoch, run.num_epochs):
-            ep = EpochState(epoch, ep.done, ep.loss_sum) if epoch == start.epoch else EpochState(epoch, 0, 0.0)
-            t_epoch = time.perf_counter()
-            state = train_epoch(run, state, it, ep, guard, logger)
-            if ep.preempted:
-                ckpt.save(state, meta=_meta(run, ep, False), data_state=it.get_state())
-                logger.plot()
-                step = epoch * run.steps_per_epoch + ep.done
-                return TrainResult(run.run_dir, epoch, step, record.get("eval"), record.get("eval_ema"),
-                                   preempted=True, wall_time=time.perf_counter() - t0)
-            state, record = finish_epoch(run, state, ep, it, ckpt, logger, time.perf_counter() - t_epoch)
-            if epoch + 1 < run.num_epochs and guard.requested((epoch + 1) * run.steps_per_epoch):
-                logger.plot()
-                return TrainResult(run.run_dir, epoch + 1, (epoch + 1) * run.steps_per_epoch, record["eval"],
-                                   record["eval_ema"], preempted=True, wall_time=time.perf_counter() - t0)
+    for epoch in range(start.epoch, run.num_epochs):
+        ep = EpochState(epoch, ep.done, ep.loss_sum) if epoch == start.epoch else EpochState(epoch, 0, 0.0)
+        t_epoch = time.perf_counter()
+        state = train_epoch(run, state, it, ep, guard, logger)
+        if ep.preempted:
+            ckpt.save(state, meta=_meta(run, ep, False), data_state=it.get_state())
+            logger.plot()
+            step = epoch * run.steps_per_epoch + ep.done
+            return TrainResult(run.run_dir, epoch, step, record.get("eval"), record.get("eval_ema"),
+                               preempted=True, wall_time=time.perf_counter() - t0)
+        state, record = finish_epoch(run, state, ep, it, ckpt, logger, time.perf_counter() - t_epoch)
+        if epoch + 1 < run.num_epochs and guard.requested((epoch + 1) * run.steps_per_epoch):
+            logger.plot()
+            return TrainResult(run.run_dir, epoch + 1, (epoch + 1) * run.steps_per_epoch, record["eval"],
+                               record["eval_ema"], preempted=True, wall_time=time.perf_counter() - t0)
     ckpt.wait()
     return TrainResult(run.run_dir, run.num_epochs, run.num_epochs * run.steps_per_epoch, record.get("eval"),
                        record.get("eval_ema"), ckpt.best_step(), wall_time=time.perf_counter() - t0)
@@ -490,26 +480,27 @@ def train(config: TrainConfig) -> TrainResult:
     t0 = time.perf_counter()
     if config.distributed:
         initialize_distributed(config.coordinator_address, config.num_processes, config.process_id)
-    run, state = build_run(config)
-    ckpt = _open_checkpointer(run)
-    it = iter(run.train_loader)
-    try:
-        state, start = resume(run, state, ckpt)
-        if start.source:
-            run.say(f"Resumed from {start.source} at epoch {start.epoch}, update {start.step}")
-        run.say(f"Output: {run.run_dir}")
-        if start.epoch >= run.num_epochs:
-            return _complete_result(run, start, ckpt, t0)
-        logger = RunLogger(run.run_dir, enabled=run.is_primary, log_interval=config.log_interval)
-        logger.start(config.to_dict(), start.epoch, start.step)
-        _restore_loader(run, it, start)
+    with PreemptionGuard(multi_process=config.distributed) as guard:  # before any loader thread or worker starts
+        run, state = build_run(config)
+        ckpt = _open_checkpointer(run)
+        guard.manager = ckpt.manager
+        it = iter(run.train_loader)
         try:
-            return _run_epochs(run, state, start, it, ckpt, logger, t0)
+            state, start = resume(run, state, ckpt)
+            if start.source:
+                run.say(f"Resumed from {start.source} at epoch {start.epoch}, update {start.step}")
+            run.say(f"Output: {run.run_dir}")
+            if start.epoch >= run.num_epochs:
+                return _complete_result(run, start, ckpt, t0)
+            logger = RunLogger(run.run_dir, enabled=run.is_primary, log_interval=config.log_interval)
+            logger.start(config.to_dict(), start.epoch, start.step)
+            _restore_loader(run, it, start)
+            return _run_epochs(run, state, start, it, ckpt, logger, guard, t0)
         except FloatingPointError as e:
             ckpt.wait()
             last = ckpt.latest_step()
             where = f"last checkpoint: {ckpt.directory / str(last)}" if last is not None else "no checkpoint saved"
             raise FloatingPointError(f"{e}; {where}") from None
-    finally:
-        it.close()
-        ckpt.close()  # waits for async saves: the last good checkpoint is complete whatever happened
+        finally:
+            it.close()
+            ckpt.close()  # waits for async saves: the last good checkpoint is complete whatever happened

@@ -37,7 +37,7 @@ RUN_FLAGS = ["--model", "mobilenetv2_035", "--dataset", "digits", "--img-size", 
 FINAL_STEP = 16
 # Compiled train/eval steps are cached across the test processes (same flags -> same programs).
 COMPILE_CACHE = Path(tempfile.gettempdir()) / "mv2jax-test-compile-cache"
-TIMEOUT = 600
+TIMEOUT = 400
 
 
 # --- unit tests on a tiny hand-made train state ------------------------------------------------------------------
@@ -164,6 +164,21 @@ def test_sigterm_becomes_a_stop_request_and_the_handler_is_restored():
         time.sleep(0.01)
         assert guard.requested(1)
     assert signal.getsignal(signal.SIGTERM) is before
+    assert signal.SIGTERM not in signal.sigpending()  # consumed: leaving the guard does not kill the process
+
+
+def test_processes_started_inside_the_guard_ignore_sigterm():
+    """Data-loading workers inherit the blocked SIGTERM: a signal to the whole process group stops only the
+    training process, which then closes its workers itself."""
+    with PreemptionGuard(multi_process=False):
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        child.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(1.0)
+    finally:
+        child.kill()
+        child.wait()
 
 
 # --- exact resume of train.py after SIGTERM and kill -9 ----------------------------------------------------------
@@ -185,6 +200,18 @@ def launch(run_dir: Path, *extra: str) -> subprocess.Popen:
 
 def output(run_dir: Path, n: int) -> str:
     return (run_dir / f"stdout{n}").read_text() + (run_dir / f"stderr{n}").read_text()
+
+
+def wait(proc: subprocess.Popen, run_dir: Path, n: int) -> int:
+    """The exit code; a run still going after TIMEOUT fails the test with every thread's stack (train.py dumps
+    them on SIGUSR1)."""
+    try:
+        return proc.wait(TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"{run_dir.name} still running after {TIMEOUT} s:\n{output(run_dir, n)[-6000:]}")
 
 
 def steps_saved(run_dir: Path) -> list[int]:
@@ -223,13 +250,13 @@ def resumed_runs(tmp_path_factory) -> dict[str, Path]:
     procs = {name: launch(d, *(["-j", "1"] if name == "sigterm" else [])) for name, d in dirs.items()}
     first = interrupt_after_first_checkpoint({dirs["sigterm"]: (procs["sigterm"], signal.SIGTERM),
                                               dirs["kill9"]: (procs["kill9"], signal.SIGKILL)})
-    codes = {name: p.wait(TIMEOUT) for name, p in procs.items()}
+    codes = {name: wait(p, dirs[name], 0) for name, p in procs.items()}
     assert codes == {"reference": 0, "sigterm": 0, "kill9": -signal.SIGKILL}, \
         {n: output(d, 0)[-2000:] for n, d in dirs.items()}
     assert len(first) == 2
     reruns = {name: launch(dirs[name], *(["-j", "1"] if name == "sigterm" else [])) for name in ("sigterm", "kill9")}
     for name, p in reruns.items():
-        assert p.wait(TIMEOUT) == 0, output(dirs[name], 1)[-3000:]
+        assert wait(p, dirs[name], 1) == 0, output(dirs[name], 1)[-3000:]
     return dirs
 
 

@@ -19,12 +19,12 @@ from mv2jax.train.loop import RESUME_IDENTITY, _check_same_run
 from tests.train.test_checkpoint import (
     FINAL_STEP,
     RUN_FLAGS,
-    TIMEOUT,
     assert_trees_equal,
     final_state,
     launch,
     output,
     steps_saved,
+    wait,
 )
 
 TIMM_SUMMARY_COLUMNS = ["epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr"]
@@ -34,8 +34,7 @@ EPOCHS, STEPS_PER_EPOCH, LOG_INTERVAL, KEEP_LAST = 4, 4, 2, 2
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("loop") / "short"
-    proc = launch(run_dir)
-    assert proc.wait(TIMEOUT) == 0, output(run_dir, 0)[-3000:]
+    assert wait(launch(run_dir), run_dir, 0) == 0, output(run_dir, 0)[-3000:]
     return run_dir
 
 
@@ -117,7 +116,7 @@ def test_non_finite_step_stops_with_one_line_and_the_last_checkpoint_stays_intac
     state_before = final_state(run_dir, steps_before[-1])
     # restart epoch 3 with std 0: every normalised pixel is inf or nan, so the first update is non-finite
     proc = launch(run_dir, "--start-epoch", "3", "--std", "0", "0", "0")
-    assert proc.wait(TIMEOUT) == 1, output(run_dir, 1)[-3000:]
+    assert wait(proc, run_dir, 1) == 1, output(run_dir, 1)[-3000:]
     err = (run_dir / "stderr1").read_text()
     messages = [line for line in err.splitlines() if line.startswith("train.py:")]
     assert len(messages) == 1 and messages[0].startswith("train.py: stopped: non-finite training at step 12 ")
