@@ -1,11 +1,12 @@
 """Shared helpers for tests against the real timm package: models with randomised BatchNorm (default
-statistics hide errors), conversion to mv2jax, and relative errors."""
+statistics hide errors), conversion to mv2jax, seeded inputs, jitted and timm forwards, and relative errors."""
 
 from __future__ import annotations
 
 import numpy as np
 import timm
 import torch
+from flax import nnx
 
 import mv2jax
 from mv2jax.convert import timm_to_mv2jax
@@ -40,6 +41,17 @@ def mv2jax_from_timm(tmodel: torch.nn.Module, name: str, **kwargs):
     """The mv2jax model of `name` holding `tmodel`'s weights (strict load), in eval mode."""
     model = mv2jax.create_model(name, **kwargs)
     return timm_to_mv2jax(state_dict_numpy(tmodel), model).eval()
+
+
+def random_nhwc(n: int = 2, size: int = 64, seed: int = 0) -> np.ndarray:
+    """A seeded standard-normal float32 batch of `n` RGB images, NHWC [n, size, size, 3]."""
+    return np.random.default_rng(seed).standard_normal((n, size, size, 3)).astype(np.float32)
+
+
+@nnx.jit
+def forward(model, x):
+    """The mv2jax model's jitted forward (one compilation per variant, mode and batch shape)."""
+    return model(x)
 
 
 def run_timm(tmodel: torch.nn.Module, x_nhwc: np.ndarray, fn=None, dtype=torch.float32):

@@ -92,19 +92,13 @@ def inference_phase(cfg: BenchConfig, conv_impl: str) -> list[dict[str, Any]]:
 
 
 def build_train_step(model: nnx.Module, cfg: BenchConfig) -> tuple[Callable, Any, str]:
-    """(jitted donated step, initial state, which implementation): `mv2jax.train.step` when importable,
-    else the benchmark's stand-in (`mv2jax.bench.fallback_step`)."""
+    """(jitted donated step, initial state, which implementation): `mv2jax.train.step`."""
+    from mv2jax.train.state import create_train_state
+    from mv2jax.train.step import StepConfig, make_train_step
+
     r = cfg.recipe
     tx = create_optimizer("rmsproptf", r.lr, weight_decay=r.weight_decay, momentum=r.momentum, eps=r.opt_eps,
                           alpha=r.alpha)
-    try:
-        from mv2jax.train.state import create_train_state
-        from mv2jax.train.step import StepConfig, make_train_step
-    except ImportError:
-        from mv2jax.bench import fallback_step
-
-        step, state = fallback_step.make_train_step(model, tx, smoothing=r.smoothing, ema_decay_value=r.ema_decay)
-        return step, state, "mv2jax.bench.fallback_step"
     graphdef, state = create_train_state(model, tx, use_ema=True)
     step = make_train_step(graphdef, tx, r.lr, StepConfig(label_smoothing=r.smoothing, ema_decay=r.ema_decay))
     return step, state, "mv2jax.train.step"

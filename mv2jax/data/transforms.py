@@ -1,4 +1,5 @@
-"""Image transforms identical to timm's `create_transform`, with numpy + Pillow only.
+"""Image transforms identical to timm's `create_transform`, with numpy + Pillow only: the eval and train
+pipelines and the conversion to arrays (the PIL ops are in `geometry` and `color`).
 
 Every PIL call is the one torchvision / timm make on PIL images (resize with PIL's own antialiasing, crops,
 padding, flips, ImageEnhance colour jitter), so outputs match pixel for pixel; the float conversion is the same
@@ -14,219 +15,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image
 
+from mv2jax.data.color import ColorJitter, to_grayscale_rgb
 from mv2jax.data.config import DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from mv2jax.data.geometry import (
+    Size,
+    as_size,
+    center_crop,
+    get_rrc_params,
+    hflip,
+    resize,
+    resize_keep_ratio,
+    resized_crop,
+    str_to_pil_interp,
+    trim_border,
+    vflip,
+)
 from mv2jax.data.randaugment import RandAugment, rand_augment_transform
 from mv2jax.data.random_erasing import RandomErasing
 
-Size = tuple[int, int]  # (height, width)
-# timm's interpolation names (Pillow 13 also has MKS filters, which torchvision and timm do not accept)
-INTERPOLATIONS = {
-    name: Image.Resampling[name.upper()] for name in ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
-}
 RANDOM_TRAIN_INTERPOLATION = ("bilinear", "bicubic")  # timm's 'random' train interpolation picks one per image
 
-
-def str_to_pil_interp(interpolation: str | Image.Resampling) -> Image.Resampling:
-    """'bicubic' -> Image.Resampling.BICUBIC (PIL filters pass through)."""
-    if isinstance(interpolation, str):
-        if interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {interpolation!r}")
-        return INTERPOLATIONS[interpolation]
-    return Image.Resampling(interpolation)
-
-
-def _pair(size: int | Sequence[int]) -> Size:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-# --- geometry (torchvision.transforms.functional on PIL) ----------------------------------------------------------
-
-def resize(img: Image.Image, size: int | Size, interpolation: str | Image.Resampling) -> Image.Image:
-    """torchvision `F.resize`: an int sets the shorter side (longer = int(size * long / short)), a pair (h, w)
-    is exact; unchanged image when the size already matches."""
-    w, h = img.size
-    if isinstance(size, int):
-        short, long = (w, h) if w <= h else (h, w)
-        new_short, new_long = size, int(size * long / short)
-        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    else:
-        new_h, new_w = size
-    if (new_h, new_w) == (h, w):
-        return img
-    return img.resize((new_w, new_h), str_to_pil_interp(interpolation))
-
-
-def resize_keep_ratio(
-    img: Image.Image, size: Size, interpolation: str | Image.Resampling, longest: float = 0.0
-) -> Image.Image:
-    """timm `ResizeKeepRatio` without its random scale/aspect: fit the shorter (longest=0) or longer (longest=1)
-    side to `size`, keeping the aspect ratio (sides rounded half to even, as Python's round)."""
-    img_size = (img.height, img.width)
-    ratio_h, ratio_w = img.height / size[0], img.width / size[1]
-    ratio = max(ratio_h, ratio_w) * longest + min(ratio_h, ratio_w) * (1.0 - longest)
-    new_size = tuple(round(x * 1.0 / ratio) for x in img_size)
-    return resize(img, new_size, interpolation)
-
-
-def _fill_for(img: Image.Image, fill: float | Sequence[float]) -> int | tuple[int, ...]:
-    """torchvision's `_parse_fill` for a uint8 image: one int per band."""
-    bands = len(img.getbands())
-    fill = tuple(fill) if isinstance(fill, (list, tuple)) else (fill,)
-    fill = fill * bands if len(fill) == 1 else fill
-    return tuple(int(v) for v in fill) if bands > 1 else int(fill[0])
-
-
-def center_crop(img: Image.Image, size: int | Size, fill: float | Sequence[float] = 0) -> Image.Image:
-    """torchvision `F.center_crop` / timm `center_crop_or_pad`: pad with `fill` (left/top get the smaller half)
-    where the image is smaller than `size`, then crop at int(round((H - h) / 2)), int(round((W - w) / 2))."""
-    crop_h, crop_w = _pair(size)
-    w, h = img.size
-    if crop_w > w or crop_h > h:
-        padding_ltrb = (
-            (crop_w - w) // 2 if crop_w > w else 0,
-            (crop_h - h) // 2 if crop_h > h else 0,
-            (crop_w - w + 1) // 2 if crop_w > w else 0,
-            (crop_h - h + 1) // 2 if crop_h > h else 0,
-        )
-        img = ImageOps.expand(img, border=padding_ltrb, fill=_fill_for(img, fill))
-        w, h = img.size
-        if (crop_w, crop_h) == (w, h):
-            return img
-    top, left = int(round((h - crop_h) / 2.0)), int(round((w - crop_w) / 2.0))
-    return img.crop((left, top, left + crop_w, top + crop_h))
-
-
-def trim_border(img: Image.Image, border: int) -> Image.Image:
-    """timm `TrimBorder` (including its clamp of `left` by the image height)."""
-    w, h = img.size
-    top, left = min(border, h), min(border, h)
-    return img.crop((left, top, left + max(0, w - 2 * border), top + max(0, h - 2 * border)))
-
-
-def resized_crop(
-    img: Image.Image, top: int, left: int, height: int, width: int, size: int | Size,
-    interpolation: str | Image.Resampling,
-) -> Image.Image:
-    """torchvision `F.resized_crop` on PIL: crop the box, then resize it to `size` ((h, w); an int = square)."""
-    return resize(img.crop((left, top, left + width, top + height)), _pair(size), interpolation)
-
-
-def get_rrc_params(
-    img: Image.Image, scale: Sequence[float], ratio: Sequence[float], rng: np.random.Generator
-) -> tuple[int, int, int, int]:
-    """timm `RandomResizedCropAndInterpolation.get_params`: (top, left, height, width) of a crop with area
-    fraction ~ U(scale) and log-uniform aspect (w/h) in `ratio`; 10 attempts, then a central fallback crop."""
-    img_w, img_h = img.size
-    area = img_w * img_h
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = float(rng.uniform(*scale)) * area
-        aspect_ratio = math.exp(float(rng.uniform(*log_ratio)))
-        target_w = int(round(math.sqrt(target_area * aspect_ratio)))
-        target_h = int(round(math.sqrt(target_area / aspect_ratio)))
-        if target_w <= img_w and target_h <= img_h:
-            top = int(rng.integers(0, img_h - target_h + 1))
-            left = int(rng.integers(0, img_w - target_w + 1))
-            return top, left, target_h, target_w
-    in_ratio = img_w / img_h
-    if in_ratio < min(ratio):
-        target_w, target_h = img_w, int(round(img_w / min(ratio)))
-    elif in_ratio > max(ratio):
-        target_w, target_h = int(round(img_h * max(ratio))), img_h
-    else:
-        target_w, target_h = img_w, img_h
-    return (img_h - target_h) // 2, (img_w - target_w) // 2, target_h, target_w
-
-
-def hflip(img: Image.Image) -> Image.Image:
-    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-
-
-def vflip(img: Image.Image) -> Image.Image:
-    return img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-
-
-# --- colour ---------------------------------------------------------------------------------------------------
-
-def adjust_hue(img: Image.Image, hue_factor: float) -> Image.Image:
-    """torchvision `F.adjust_hue` on PIL: shift the HSV hue byte by int(hue_factor * 255), wrapping."""
-    if not -0.5 <= hue_factor <= 0.5:
-        raise ValueError(f"hue_factor ({hue_factor}) is not in [-0.5, 0.5].")
-    if img.mode in {"L", "1", "I", "F"}:
-        return img
-    h, s, v = img.convert("HSV").split()
-    np_h = np.array(h, dtype=np.uint8)
-    np_h += np.uint8(int(hue_factor * 255) % 256)  # uint8 add wraps, as torchvision's does
-    return Image.merge("HSV", (Image.fromarray(np_h), s, v)).convert(img.mode)
-
-
-_ADJUST = (
-    lambda img, f: ImageEnhance.Brightness(img).enhance(f),
-    lambda img, f: ImageEnhance.Contrast(img).enhance(f),
-    lambda img, f: ImageEnhance.Color(img).enhance(f),
-    adjust_hue,
-)
-
-
-def _jitter_range(value, center: float = 1.0, bound=(0.0, float("inf")), clip_first_on_zero=True):
-    """torchvision `ColorJitter._check_input`: a number v -> [center - v, center + v]; None when a no-op."""
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"color jitter value must be non negative, got {value}")
-        lo, hi = center - float(value), center + float(value)
-        lo = max(lo, 0.0) if clip_first_on_zero else lo
-    else:
-        lo, hi = (float(v) for v in value)
-    if not bound[0] <= lo <= hi <= bound[1]:
-        raise ValueError(f"color jitter range {(lo, hi)} not within {bound}")
-    return None if lo == hi == center else (lo, hi)
-
-
-@dataclass(frozen=True)
-class ColorJitter:
-    """torchvision `ColorJitter` on PIL: brightness, contrast, saturation, hue factors ~ U(range), applied in a
-    random order. Ranges are (min, max) or None (off)."""
-
-    brightness: tuple[float, float] | None = None
-    contrast: tuple[float, float] | None = None
-    saturation: tuple[float, float] | None = None
-    hue: tuple[float, float] | None = None
-
-    @classmethod
-    def from_args(cls, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0) -> ColorJitter:
-        """Build from torchvision's constructor arguments (numbers or (min, max) pairs)."""
-        return cls(
-            _jitter_range(brightness), _jitter_range(contrast), _jitter_range(saturation),
-            _jitter_range(hue, center=0.0, bound=(-0.5, 0.5), clip_first_on_zero=False),
-        )
-
-    def get_params(self, rng: np.random.Generator) -> tuple[list[int], list[float | None]]:
-        """(order of the 4 adjustments, [brightness, contrast, saturation, hue] factors or None)."""
-        order = [int(i) for i in rng.permutation(4)]
-        ranges = (self.brightness, self.contrast, self.saturation, self.hue)
-        return order, [None if r is None else float(rng.uniform(r[0], r[1])) for r in ranges]
-
-    def __call__(self, img: Image.Image, rng: np.random.Generator) -> Image.Image:
-        return color_jitter(img, *self.get_params(rng))
-
-
-def color_jitter(img: Image.Image, order: Sequence[int], factors: Sequence[float | None]) -> Image.Image:
-    """Apply brightness (0), contrast (1), saturation (2), hue (3) in `order`, skipping None factors."""
-    for i in order:
-        if factors[i] is not None:
-            img = _ADJUST[i](img, factors[i])
-    return img
-
-
-def to_grayscale_rgb(img: Image.Image) -> Image.Image:
-    """torchvision `to_grayscale(img, 3)`: PIL 'L' conversion copied into 3 channels."""
-    gray = np.array(img.convert("L"), dtype=np.uint8)
-    return Image.fromarray(np.dstack([gray, gray, gray]))
-
-
-# --- to array -------------------------------------------------------------------------------------------------
 
 def to_uint8_array(img: Image.Image) -> np.ndarray:
     """PIL image -> uint8 HWC array (a copy; grey images get a channel axis)."""
@@ -244,8 +54,6 @@ def _to_output(img: Image.Image, mean, std, do_normalize: bool) -> np.ndarray:
     arr = to_uint8_array(img)
     return normalize(arr, mean, std) if do_normalize else arr
 
-
-# --- pipelines ------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class EvalTransform:
@@ -274,7 +82,7 @@ class EvalTransform:
     def resize_and_crop(self, img: Image.Image) -> Image.Image:
         """The PIL part of the transform (uint8 RGB in and out)."""
         crop_pct = self.crop_pct or DEFAULT_CROP_PCT
-        size = _pair(self.img_size)
+        size = as_size(self.img_size)
         scale_size = (math.floor(size[0] / crop_pct), math.floor(size[1] / crop_pct))
         if self.crop_border_pixels:
             img = trim_border(img, self.crop_border_pixels)
@@ -404,7 +212,7 @@ def create_transform(
         jitter = ColorJitter.from_args(*jitter_args)
     erasing = RandomErasing(re_prob, mode=re_mode, max_count=re_count, num_splits=re_num_splits) if re_prob else None
     return TrainTransform(
-        img_size=_pair(img_size), scale=tuple(scale or (0.08, 1.0)), ratio=tuple(ratio or (3.0 / 4.0, 4.0 / 3.0)),
+        img_size=as_size(img_size), scale=tuple(scale or (0.08, 1.0)), ratio=tuple(ratio or (3.0 / 4.0, 4.0 / 3.0)),
         interpolation=interpolation, hflip=hflip, vflip=vflip, rand_augment=rand_augment, color_jitter=jitter,
         color_jitter_prob=color_jitter_prob, grayscale_prob=grayscale_prob, mean=mean, std=std, normalize=normalize,
         random_erasing=erasing,
@@ -420,7 +228,7 @@ def _rand_augment(
     if not auto_augment.startswith("rand"):
         raise NotImplementedError(f"auto_augment {auto_augment!r}: only RandAugment ('rand-...') is supported")
     hparams = {
-        "translate_const": int(min(_pair(img_size)) * 0.45),
+        "translate_const": int(min(as_size(img_size)) * 0.45),
         "img_mean": tuple(min(255, round(255 * x)) for x in mean),
     }
     if interpolation and interpolation != "random":

@@ -21,7 +21,8 @@ from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file
 
 import mv2jax
-from mv2jax.convert import cli, read_orbax, state_dict
+from mv2jax.convert import cli, from_timm, read_orbax, state_dict, to_timm
+from mv2jax.convert.verify import top_k_agreement
 from tests.timm_reference import state_dict_numpy, timm_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,13 +103,13 @@ def test_config_json_is_what_timm_save_for_hf_writes(name, kwargs, tmp_path):
 
     path = tmp_path / "config.json"
     save_config_for_hf(timm.create_model(name, **kwargs), path)
-    ours = json.dumps(cli.timm_hf_config(mv2jax.create_model(name, **kwargs)), indent=2)
+    ours = json.dumps(to_timm.timm_hf_config(mv2jax.create_model(name, **kwargs)), indent=2)
     assert json.loads(ours) == json.loads(path.read_text())
 
 
 def test_ema_flag_exports_the_ema_weights_of_a_training_checkpoint(timm_weights, tmp_path):
     weights = {"model": timm_weights[1], "ema": state_dict_numpy(timm_model(NAME, seed=2))}
-    tree = {k: nnx.to_pure_dict(nnx.state(cli.build_model(NAME, sd), nnx.Any(nnx.Param, nnx.BatchStat)))
+    tree = {k: nnx.to_pure_dict(nnx.state(from_timm.build_model(NAME, sd), nnx.Any(nnx.Param, nnx.BatchStat)))
             for k, sd in weights.items()}
     ckpt, out = tmp_path / "train", tmp_path / "model.safetensors"
     mv2jax.convert.write_orbax_state(ckpt, tree, {"model_name": NAME, "epoch": 3})
@@ -163,14 +164,14 @@ def test_verify_passes_on_good_weights_with_fp32_noise_only(direction, timm_weig
 
 
 def test_verify_fails_when_one_written_tensor_is_perturbed(timm_weights, tmp_path, monkeypatch, capsys):
-    write = cli.write_orbax_state
+    write = from_timm.write_orbax_state
 
     def write_corrupted(path, state, meta):
         kernel = state["model"]["blocks"][3][0]["conv_pw"]["weight"]
         state["model"]["blocks"][3][0]["conv_pw"]["weight"] = kernel * 1.01
         write(path, state, meta)
 
-    monkeypatch.setattr(cli, "write_orbax_state", write_corrupted)
+    monkeypatch.setattr(from_timm, "write_orbax_state", write_corrupted)
     assert run("--model", NAME, "--checkpoint", timm_weights[0], "--output", tmp_path / "c", "--verify") == 1
     out = capsys.readouterr().out
     assert "differ: blocks.3.0.conv_pw.weight" in out and "verify: FAIL" in out
@@ -182,7 +183,7 @@ def test_verify_fails_on_a_layout_bug_that_round_trips_exactly(mv2jax_dir, tmp_p
     """Both layout functions swap kernel height and width: timm -> mv2jax -> timm stays bit-identical, so only
     timm's logits can show that the exported file holds transposed kernels."""
     spatially_swapped = lambda key, a: np.ascontiguousarray(a.transpose(3, 2, 1, 0)) if a.ndim == 4 else a.T
-    for module in (state_dict, cli):
+    for module in (state_dict, to_timm):
         monkeypatch.setattr(module, "to_timm_layout", spatially_swapped)
     monkeypatch.setattr(state_dict, "from_timm_layout", spatially_swapped)
     assert run("--to-timm", "--input", mv2jax_dir, "--output", tmp_path / "model.safetensors", "--verify") == 1
@@ -194,12 +195,12 @@ def test_top5_check_fails_on_a_real_swap_and_tolerates_a_tie_within_the_toleranc
     ref = np.array([[9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 0.0]])
     swapped_4_5 = ref.copy()
     swapped_4_5[0, [4, 5]] = [4.0, 5.0]  # ranks 5 and 6 exchanged: a different top-5 set
-    assert cli.top_k_agreement(swapped_4_5, ref, k=5, tie=0.5) == (0, 0)
+    assert top_k_agreement(swapped_4_5, ref, k=5, tie=0.5) == (0, 0)
     tie = np.array([[9.0, 8.0, 7.0, 6.0, 5.0, 5.0 - 1e-6, 0.0]])  # timm's ranks 5 and 6 tied to 1e-6
     noisy = tie.copy()
     noisy[0, 5] += 2e-6  # float noise reorders the tie
-    assert cli.top_k_agreement(noisy, tie, k=5, tie=1e-5) == (1, 0)
-    assert cli.top_k_agreement(noisy, tie, k=5, tie=1e-7) == (0, 0)
+    assert top_k_agreement(noisy, tie, k=5, tie=1e-5) == (1, 0)
+    assert top_k_agreement(noisy, tie, k=5, tie=1e-7) == (0, 0)
 
 
 def test_verify_without_timm_says_what_to_install(timm_weights, tmp_path, monkeypatch, capsys):

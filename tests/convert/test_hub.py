@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import timm
 import torch
-from flax import nnx
 from timm.models._hub import save_for_hf
 
 import mv2jax
-from tests.timm_reference import rel_err, run_timm, timm_model
+from tests.timm_reference import forward, random_nhwc, rel_err, run_timm, timm_model
 
 NAME, TAG = "mobilenetv2_050", "lamb_in1k"
 REPO = f"timm/{NAME}.{TAG}"
@@ -43,22 +42,13 @@ def hub_cache(tmp_path, monkeypatch, saved):
     return tmp_path
 
 
-@nnx.jit
-def _forward(model, x):
-    return model(x)
-
-
-def _x(n=2, size=64):
-    return np.random.default_rng(0).standard_normal((n, size, size, 3)).astype(np.float32)
-
-
 @pytest.mark.parametrize("name", [f"{NAME}.{TAG}", NAME, f"hf-hub:{REPO}"])
 def test_pretrained_from_hub_cache_gives_timm_logits(hub_cache, saved, name):
     tmodel, _ = saved
     model = mv2jax.create_model(name, pretrained=True).eval()
-    x = _x()
+    x = random_nhwc()
     ref64, ref32 = run_timm(tmodel, x, dtype=torch.float64), run_timm(tmodel, x)
-    assert rel_err(_forward(model, x), ref64) <= 2 * rel_err(ref32, ref64)
+    assert rel_err(forward(model, x), ref64) <= 2 * rel_err(ref32, ref64)
     assert model.pretrained_cfg["hf_hub_id"] == REPO
 
 
@@ -92,10 +82,10 @@ def test_pretrained_with_other_in_chans_adapts_the_stem_as_timm(hub_cache, saved
 def test_features_only_pretrained_loads_the_trunk(hub_cache, saved):
     tmodel, _ = saved
     model = mv2jax.create_model(NAME, pretrained=True, features_only=True).eval()
-    x = _x()
+    x = random_nhwc()
     tfeat = timm.create_model(NAME, features_only=True, pretrained=True,
                               pretrained_cfg_overlay={"file": str(saved[1] / "model.safetensors")}).eval()
-    for ours, ref in zip(_forward(model, x), run_timm(tfeat, x), strict=True):
+    for ours, ref in zip(forward(model, x), run_timm(tfeat, x), strict=True):
         assert rel_err(ours, ref) < 1e-5
 
 
@@ -112,8 +102,8 @@ def test_unreachable_hub_says_which_file_to_download_and_how_to_pass_it(tmp_path
 def test_checkpoint_path_instead_of_the_hub(saved):
     tmodel, export = saved
     model = mv2jax.create_model(NAME, pretrained=True, checkpoint_path=export / "model.safetensors").eval()
-    x = _x(size=48)
-    assert rel_err(_forward(model, x), run_timm(tmodel, x, dtype=torch.float64)) < 1e-5
+    x = random_nhwc(size=48)
+    assert rel_err(forward(model, x), run_timm(tmodel, x, dtype=torch.float64)) < 1e-5
 
 
 def test_untrained_tag_has_no_pretrained_weights():

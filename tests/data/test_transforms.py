@@ -19,8 +19,7 @@ from PIL import Image
 from scipy import stats
 from timm.data.transforms import RandomResizedCropAndInterpolation
 
-from mv2jax.data import create_transform, resolve_data_config
-from mv2jax.data import transforms as T
+from mv2jax.data import color, create_transform, geometry, resolve_data_config
 
 # --- config -----------------------------------------------------------------------------------------------------
 
@@ -120,14 +119,14 @@ def test_resized_crop_at_fixed_params_equals_torchvision(interpolation, photos):
     for size in ((64, 64), (64, 80)):
         for top, left, h, w in boxes:
             expected = np.asarray(TF.resized_crop(img, top, left, h, w, list(size), mode))
-            got = np.asarray(T.resized_crop(img, top, left, h, w, size, interpolation))
+            got = np.asarray(geometry.resized_crop(img, top, left, h, w, size, interpolation))
             np.testing.assert_array_equal(got, expected)
 
 
 def test_flips_equal_torchvision(small_photos):
     for img in small_photos.values():
-        np.testing.assert_array_equal(np.asarray(T.hflip(img)), np.asarray(TF.hflip(img)))
-        np.testing.assert_array_equal(np.asarray(T.vflip(img)), np.asarray(TF.vflip(img)))
+        np.testing.assert_array_equal(np.asarray(geometry.hflip(img)), np.asarray(TF.hflip(img)))
+        np.testing.assert_array_equal(np.asarray(geometry.vflip(img)), np.asarray(TF.vflip(img)))
 
 
 @pytest.mark.parametrize("factors", [(1.3, 0.7, 1.2, 0.05), (0.6, 1.4, 0.65, -0.2), (1.0, 1.0, 0.0, 0.5)])
@@ -138,7 +137,7 @@ def test_color_jitter_at_fixed_params_equals_torchvision(factors, small_photos):
             expected = img
             for i in order:
                 expected = adjust[i](expected, factors[i])
-            got = T.color_jitter(img, order, factors)
+            got = color.color_jitter(img, order, factors)
             np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
@@ -208,9 +207,9 @@ def test_rrc_params_follow_timm_distribution(photos):
     random.seed(0)
     theirs = _rrc_draws(lambda: RandomResizedCropAndInterpolation.get_params(img, scale, ratio), n)
     rng = np.random.default_rng(0)
-    ours = _rrc_draws(lambda: T.get_rrc_params(img, scale, ratio, rng), n)
+    ours = _rrc_draws(lambda: geometry.get_rrc_params(img, scale, ratio, rng), n)
     assert _same_distribution(ours, theirs)
-    wrong = _rrc_draws(lambda: T.get_rrc_params(img, (0.12, 1.0), ratio, rng), n)
+    wrong = _rrc_draws(lambda: geometry.get_rrc_params(img, (0.12, 1.0), ratio, rng), n)
     assert not _same_distribution(wrong, theirs)
 
 
@@ -219,7 +218,7 @@ def test_rrc_fallback_matches_timm(photos):
     strip = photos["china"].crop((100, 200, 500, 230))
     random.seed(1)
     expected = RandomResizedCropAndInterpolation.get_params(strip, (0.5, 1.0), (3 / 4, 4 / 3))
-    got = T.get_rrc_params(strip, (0.5, 1.0), (3 / 4, 4 / 3), np.random.default_rng(1))
+    got = geometry.get_rrc_params(strip, (0.5, 1.0), (3 / 4, 4 / 3), np.random.default_rng(1))
     assert got == expected == (0, (400 - round(30 * 4 / 3)) // 2, 30, round(30 * 4 / 3))
     assert math.isclose(got[3] / got[2], 4 / 3, rel_tol=0.05)
 
@@ -227,7 +226,7 @@ def test_rrc_fallback_matches_timm(photos):
 def test_color_jitter_params_follow_torchvision_distribution():
     jitter_args = (0.4, 0.3, 0.2, 0.1)
     tv = torchvision.transforms.ColorJitter(*jitter_args)
-    ours = T.ColorJitter.from_args(*jitter_args)
+    ours = color.ColorJitter.from_args(*jitter_args)
     assert (ours.brightness, ours.contrast, ours.saturation, ours.hue) == (tv.brightness, tv.contrast,
                                                                            tv.saturation, tv.hue)
     n = 6000

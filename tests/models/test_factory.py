@@ -11,16 +11,7 @@ import torch
 from flax import nnx
 
 import mv2jax
-from tests.timm_reference import mv2jax_from_timm, rel_err, run_timm, timm_model
-
-
-@nnx.jit
-def _forward(model, x):
-    return model(x)
-
-
-def _x(n=2, size=64, seed=0):
-    return np.random.default_rng(seed).standard_normal((n, size, size, 3)).astype(np.float32)
+from tests.timm_reference import forward, mv2jax_from_timm, random_nhwc, rel_err, run_timm, timm_model
 
 
 @pytest.mark.parametrize("pretrained", [False, True])
@@ -55,12 +46,12 @@ def test_parameter_count_equals_timm_for_every_variant():
 def test_out_indices_select_feature_maps_like_timm():
     name = "mobilenetv2_035"
     tmodel = timm_model(name)
-    x = _x(size=64)
+    x = random_nhwc(size=64)
     tfeat = timm.create_model(name, features_only=True, out_indices=(0, 2, 4)).eval()
     tfeat.load_state_dict({k: v for k, v in tmodel.state_dict().items() if k in tfeat.state_dict()})
     feat = mv2jax.create_model(name, features_only=True, out_indices=(0, 2, 4))
     mv2jax.convert.timm_to_mv2jax(tfeat.state_dict(), feat)
-    ours, ref = _forward(feat.eval(), x), run_timm(tfeat, x)
+    ours, ref = forward(feat.eval(), x), run_timm(tfeat, x)
     assert [o.shape for o in ours] == [r.shape for r in ref] == [(2, 32, 32, 8), (2, 8, 8, 16), (2, 2, 2, 112)]
     assert all(rel_err(o, r) < 1e-5 for o, r in zip(ours, ref, strict=True))
     with pytest.raises(ValueError, match="out_indices"):
@@ -72,20 +63,20 @@ def test_global_pool_variants_and_reset_classifier_match_timm(global_pool):
     name = "mobilenetv2_035"
     tmodel = timm_model(name, global_pool=global_pool, num_classes=5)
     model = mv2jax_from_timm(tmodel, name, global_pool=global_pool, num_classes=5)
-    x = _x(size=48)
-    assert rel_err(_forward(model, x), run_timm(tmodel, x, dtype=torch.float64)) < 1e-5
+    x = random_nhwc(size=48)
+    assert rel_err(forward(model, x), run_timm(tmodel, x, dtype=torch.float64)) < 1e-5
     tmodel.reset_classifier(0)
     model.reset_classifier(0)
     assert model.num_classes == 0 and model.classifier is None
-    pooled = _forward(model, x)
+    pooled = forward(model, x)
     assert pooled.shape == run_timm(tmodel, x).shape == (2, model.head_hidden_size)
     model.reset_classifier(3)
-    assert _forward(model, x).shape == (2, 3)
+    assert forward(model, x).shape == (2, 3)
 
 
 def test_num_classes_zero_and_no_pool_return_features():
     model = mv2jax.create_model("mobilenetv2_035", num_classes=0, global_pool="").eval()
-    assert _forward(model, _x(size=64)).shape == (2, 2, 2, 1280)
+    assert forward(model, random_nhwc(size=64)).shape == (2, 2, 2, 1280)
     with pytest.raises(ValueError, match="global_pool=''"):
         mv2jax.create_model("mobilenetv2_035", global_pool="")
 
@@ -96,13 +87,13 @@ def test_bf16_compute_error_is_within_twice_timm_autocast_error():
     both are ~1e-2. Logits stay float32-comparable in shape and finite."""
     name = "mobilenetv2_050"
     tmodel = timm_model(name, seed=2)
-    x = _x(n=4, size=96, seed=3)
+    x = random_nhwc(n=4, size=96, seed=3)
     ref = run_timm(tmodel, x)
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         timm_bf16 = tmodel(xt).float().numpy()
     model = mv2jax_from_timm(tmodel, name, dtype=jnp.bfloat16)
-    logits = _forward(model, x)
+    logits = forward(model, x)
     assert logits.dtype == jnp.bfloat16
     assert all(v.dtype == jnp.float32 for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
     ours, timm_err = rel_err(np.asarray(logits, np.float32), ref), rel_err(timm_bf16, ref)

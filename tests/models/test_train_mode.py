@@ -21,7 +21,7 @@ from flax import nnx
 import mv2jax
 from mv2jax.convert import model_variables, mv2jax_to_timm, timm_to_mv2jax
 from mv2jax.convert.state_dict import to_timm_layout
-from tests.timm_reference import rel_err, state_dict_numpy, timm_model
+from tests.timm_reference import forward, rel_err, state_dict_numpy, timm_model
 
 GRAD_TOL_FP64 = 1e-4  # the bound; measured ~1e-12
 STATS_TOL_FP64 = 1e-10
@@ -62,23 +62,19 @@ def _grad_errors(grads, ref):
     return errs
 
 
-@nnx.jit
-def _forward(model, x):
-    return model(x)
-
-
 def _batch(size=64, n=4, seed=0):
     rng = np.random.default_rng(seed)
     return rng.standard_normal((n, size, size, 3)).astype(np.float32), rng.integers(0, 1000, n)
 
 
-@pytest.mark.parametrize("name", ["mobilenetv2_035", "mobilenetv2_110d"])
-def test_train_step_float64_loss_gradients_and_running_stats_equal_timm(name):
+@pytest.mark.parametrize("name,conv_impl", [("mobilenetv2_035", "cpu"), ("mobilenetv2_035", "xla"),
+                                            ("mobilenetv2_110d", "cpu")])
+def test_train_step_float64_loss_gradients_and_running_stats_equal_timm(name, conv_impl):
     tmodel = timm_model(name, seed=3)
     x, y = _batch()
     loss_ref, grads_ref, state_ref = _timm_step(tmodel, x, y, torch.float64)
     with jax.enable_x64(True):
-        model = mv2jax.create_model(name, dtype=jnp.float64, param_dtype=jnp.float64)
+        model = mv2jax.create_model(name, dtype=jnp.float64, param_dtype=jnp.float64, conv_impl=conv_impl)
         timm_to_mv2jax(state_dict_numpy(tmodel.double()), model).train()
         loss, grads = _mv2jax_step(model, x.astype(np.float64), y)
         state = mv2jax_to_timm(model)
@@ -114,9 +110,9 @@ def test_train_mode_updates_running_stats_and_eval_mode_does_not():
     model = mv2jax.create_model("mobilenetv2_035")
     before = {k: np.asarray(v[...]) for k, v in model_variables(model).items() if "running" in k}
     x, _ = _batch(size=32, n=2)
-    _forward(model.eval(), x)
+    forward(model.eval(), x)
     assert all(np.array_equal(before[k], model_variables(model)[k][...]) for k in before)
-    _forward(model.train(), x)
+    forward(model.train(), x)
     changed = [k for k in before if not np.array_equal(before[k], model_variables(model)[k][...])]
     assert len(changed) == len(before)
     assert int(model.bn1.num_batches_tracked[...]) == 1
@@ -139,10 +135,10 @@ def test_drop_path_and_dropout_are_random_in_train_mode_and_off_in_eval():
     model = mv2jax.create_model("mobilenetv2_035", drop_rate=0.5, drop_path_rate=0.5)
     x, _ = _batch(size=32, n=8)
     model.eval()
-    a, b = _forward(model, x), _forward(model, x)
+    a, b = forward(model, x), forward(model, x)
     np.testing.assert_array_equal(a, b)
     model.train()
-    c, d = _forward(model, x), _forward(model, x)
+    c, d = forward(model, x), forward(model, x)
     assert not np.allclose(c, d)
     # Dropout scales the kept units by 1/(1-p): the expectation is unchanged (checked on the head alone).
     feats = jnp.ones((4096, model.num_features))

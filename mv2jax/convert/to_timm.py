@@ -1,0 +1,101 @@
+"""An mv2jax checkpoint -> timm weights: a safetensors file in torch layout (OIHW, [out, in], int64
+`num_batches_tracked`) with timm's `config.json` beside it, so its directory loads as
+`timm.create_model('local-dir:DIR', pretrained=True)` or can be pushed to the Hub."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from mv2jax.convert.checkpoint import read_checkpoint
+from mv2jax.convert.files import refuse_existing, write_atomic, write_safetensors
+from mv2jax.convert.from_timm import build_model
+from mv2jax.convert.orbax_io import flatten_tree, read_orbax
+from mv2jax.convert.state_dict import mv2jax_to_timm, to_timm_layout
+from mv2jax.data import DEFAULT_CROP_MODE, DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from mv2jax.models import MobileNetV2
+
+HF_CONFIG_NAME = "config.json"
+# Keys timm's `save_config_for_hf` drops from a pretrained_cfg (`filter_pretrained_cfg(remove_source=True)`).
+_SOURCE_KEYS = frozenset({"url", "file", "hf_hub_id", "hf_hub_filename", "source", "state_dict"})
+_KEEP_NULL = frozenset({"pool_size", "first_conv", "classifier"})
+_LABEL_KEYS = ("label_names", "label_descriptions", "label_offset")
+
+
+def export_to_timm(
+    source: Path, output: Path, *, name: str | None = None, use_ema: bool = False, overwrite: bool = False,
+) -> tuple[MobileNetV2, Path]:
+    """An mv2jax checkpoint (`source`) -> timm safetensors at `output` plus timm's config.json beside it.
+
+    Returns (the mv2jax model that was exported, the safetensors path)."""
+    output = Path(output).absolute()
+    config_path = output.with_name(HF_CONFIG_NAME)
+    refuse_existing([output, config_path], overwrite)
+    model, _ = load_mv2jax(Path(source), name, use_ema)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_safetensors(output, mv2jax_to_timm(model))
+    write_atomic(config_path, (json.dumps(timm_hf_config(model), indent=2) + "\n").encode())
+    return model, output
+
+
+def load_mv2jax(path: Path, name: str | None = None, use_ema: bool = False) -> tuple[MobileNetV2, dict]:
+    """An mv2jax checkpoint directory (or a timm file, with `name`) -> (model in eval mode, meta).
+
+    `name` overrides the checkpoint's meta `model_name`; `use_ema` takes the `ema` weights."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not path.is_dir():
+        if not name:
+            raise ValueError(f"{path} is a file, which does not name its model: pass --model")
+        return build_model(name, read_checkpoint(path, use_ema=use_ema)), {}
+    try:
+        state, meta = read_orbax(path)
+    except KeyError as e:  # read_orbax lets orbax's KeyError through for a directory without a `state` item
+        raise ValueError(f"{path} is not an mv2jax (orbax) checkpoint directory (it has no 'state' item)") from e
+    name = name or meta.get("model_name")
+    if not name:
+        raise ValueError(f"{path} has no model_name in its meta: pass --model")
+    key = "ema" if use_ema else "model"
+    if key not in state:
+        raise ValueError(f"{path} has no {key!r} weights (it has {', '.join(state)})")
+    state_dict = {k: to_timm_layout(k, v) for k, v in flatten_tree(state[key]).items()}
+    return build_model(name, state_dict, meta.get("global_pool", "avg")), meta
+
+
+def timm_hf_config(model: MobileNetV2) -> dict:
+    """timm's config.json for the model's current head and stem, as `timm.models.save_for_hf` writes it for the
+    same timm model (source fields dropped, preprocessing resolved for `in_chans`, `model_args` recorded)."""
+    chans, num_classes = model.in_chans, model.num_classes
+    cfg = {
+        k: v for k, v in dict(model.pretrained_cfg).items()
+        if k not in _SOURCE_KEYS and (v is not None or k in _KEEP_NULL)
+    }
+    cfg.update(
+        input_size=(chans, *tuple(cfg.get("input_size", (3, 224, 224)))[1:]),
+        interpolation=cfg.get("interpolation") or "bicubic",
+        mean=_channel_stat(cfg.get("mean") or IMAGENET_DEFAULT_MEAN, chans),
+        std=_channel_stat(cfg.get("std") or IMAGENET_DEFAULT_STD, chans),
+        crop_pct=cfg.get("crop_pct") or DEFAULT_CROP_PCT,
+        crop_mode=cfg.get("crop_mode") or DEFAULT_CROP_MODE,
+    )
+    cfg.update(fixed_input_size=False, first_conv="conv_stem", custom_load=False)
+    cfg.pop("label_offset", None)
+    if num_classes != cfg.get("num_classes"):
+        for key in _LABEL_KEYS:
+            cfg.pop(key, None)
+    cfg["num_classes"] = num_classes
+    config = {"architecture": cfg.pop("architecture"), "num_classes": num_classes,
+              "num_features": model.num_features}
+    if model.global_pool:
+        config["global_pool"] = model.global_pool
+    config["model_args"] = {"in_chans": chans, "num_classes": num_classes, "global_pool": model.global_pool}
+    config["pretrained_cfg"] = cfg
+    return config
+
+
+def _channel_stat(value: Sequence[float], chans: int) -> tuple[float, ...]:
+    """timm's rule: a mean/std that fits neither 1 nor `chans` channels becomes its average."""
+    value = tuple(value)
+    return value if len(value) in (1, chans) else (sum(value) / len(value),)
