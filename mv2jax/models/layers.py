@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mv2jax.models.ops import batch_norm_train, depthwise_conv, pointwise_conv
+
 ConvImpl = Literal["auto", "xla", "cpu"]
 CONV_IMPLS = ("auto", "xla", "cpu")
 
@@ -41,33 +43,6 @@ def _host_rng(rngs: nnx.Rngs) -> np.random.Generator:
 
 def _param(value: np.ndarray, dtype) -> nnx.Param:
     return nnx.Param(jnp.asarray(value.astype(jnp.dtype(dtype))))
-
-
-def _depthwise_shifted(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:
-    """Depthwise conv as k*k shifted multiply-adds. x: NHWC, w: HWIO `[k, k, 1, C]`."""
-    k = w.shape[0]
-    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    out_h = (x.shape[1] - k) // stride + 1
-    out_w = (x.shape[2] - k) // stride + 1
-    out = None
-    for i in range(k):
-        for j in range(k):
-            patch = jax.lax.slice(
-                x,
-                (0, i, j, 0),
-                (x.shape[0], i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, x.shape[3]),
-                (1, stride, stride, 1),
-            )
-            term = patch * w[i, j, 0]
-            out = term if out is None else out + term
-    return out
-
-
-def _pointwise_matmul(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
-    """1x1 conv as a matmul over channels. x: NHWC, w: HWIO `[1, 1, in, out]`."""
-    if stride > 1:
-        x = x[:, ::stride, ::stride, :]
-    return jnp.einsum("nhwc,cd->nhwd", x, w[0, 0])
 
 
 class Conv2d(nnx.Module):
@@ -111,9 +86,10 @@ class Conv2d(nnx.Module):
         x, w = x.astype(dtype), w.astype(dtype)
         if self.conv_impl == "cpu":
             if self.kernel_size == 1 and self.groups == 1:
-                return _pointwise_matmul(x, w, self.stride)
+                stride = self.stride
+                return pointwise_conv(x[:, ::stride, ::stride, :] if stride > 1 else x, w[0, 0])
             if self.is_depthwise:
-                return _depthwise_shifted(x, w, self.stride, self.padding)
+                return depthwise_conv(x, w[:, :, 0], self.stride, self.padding)
         pad = self.padding
         return jax.lax.conv_general_dilated(
             x,
@@ -133,8 +109,9 @@ class BatchNormAct2d(nnx.Module):
     momentum 0.1 (Flax's 0.9). Statistics are computed in float32 or wider, whatever the compute dtype.
 
     `stat_groups` splits the batch into that many equal groups with their own statistics (timm's per-GPU
-    BatchNorm without `--sync-bn`: a group per device); running statistics are updated with the mean over
-    groups, which is exactly what timm's `--dist-bn reduce` gives at epoch end since the update is linear.
+    BatchNorm without `--sync-bn`: a group per device). `running_stats_from` says which groups feed the running
+    statistics: 'mean' over the groups (what timm's `--dist-bn reduce` gives at epoch end, the update being
+    linear) or 'first', group 0 only (rank 0's statistics: timm's `--dist-bn broadcast`).
     """
 
     def __init__(
@@ -151,6 +128,7 @@ class BatchNormAct2d(nnx.Module):
         self.eps, self.momentum, self.dtype = eps, momentum, dtype
         self.use_running_average = False
         self.stat_groups = 1
+        self.running_stats_from = 'mean'
         self.weight = _param(np.ones(num_features), param_dtype)
         self.bias = _param(np.zeros(num_features), param_dtype)
         stat_dtype = jnp.promote_types(jnp.float32, param_dtype)
@@ -158,21 +136,20 @@ class BatchNormAct2d(nnx.Module):
         self.running_var = nnx.BatchStat(jnp.asarray(np.ones(num_features, stat_dtype)))
         self.num_batches_tracked = nnx.BatchStat(jnp.asarray(np.zeros((), np.int32)))
 
-    def _batch_stats(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Per-group mean and biased variance, shapes `[G, 1, 1, 1, C]`, and updates the running stats."""
-        groups = self.stat_groups
-        if x.shape[0] % groups:
-            raise ValueError(f"batch of {x.shape[0]} does not split into {groups} BatchNorm stat groups")
-        xg = _stat_cast(x).reshape(groups, x.shape[0] // groups, *x.shape[1:])
-        mean = jnp.mean(xg, axis=(1, 2, 3), keepdims=True)
-        var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 3), keepdims=True)
-        n = xg.shape[1] * xg.shape[2] * xg.shape[3]
+    def _update_running_stats(self, mean: jax.Array, var: jax.Array, n: int) -> None:
+        """PyTorch's running-average update from the per-group batch mean and biased variance `[G, C]` of `n`
+        values each."""
         m = self.momentum
         unbiased = var * (n / max(n - 1, 1))
-        self.running_mean[...] = (1 - m) * self.running_mean[...] + m * jnp.mean(mean, axis=0).reshape(-1)
-        self.running_var[...] = (1 - m) * self.running_var[...] + m * jnp.mean(unbiased, axis=0).reshape(-1)
+        if self.running_stats_from == 'first':
+            fed_mean, fed_var = mean[0], unbiased[0]
+        elif self.running_stats_from == 'mean':
+            fed_mean, fed_var = jnp.mean(mean, axis=0), jnp.mean(unbiased, axis=0)
+        else:
+            raise ValueError(f"running_stats_from must be 'mean' or 'first', got {self.running_stats_from!r}")
+        self.running_mean[...] = (1 - m) * self.running_mean[...] + m * fed_mean
+        self.running_var[...] = (1 - m) * self.running_var[...] + m * fed_var
         self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
-        return mean, var
 
     def __call__(self, x: jax.Array) -> jax.Array:
         out_dtype = self.dtype or x.dtype
@@ -181,11 +158,14 @@ class BatchNormAct2d(nnx.Module):
             scale = w * jax.lax.rsqrt(self.running_var[...] + self.eps)
             shift = b - self.running_mean[...] * scale
             y = x.astype(out_dtype) * scale.astype(out_dtype) + shift.astype(out_dtype)
-        else:
-            mean, var = self._batch_stats(x)
-            xg = _stat_cast(x).reshape(mean.shape[0], -1, *x.shape[1:])
-            y = ((xg - mean) * jax.lax.rsqrt(var + self.eps) * w + b).reshape(x.shape).astype(out_dtype)
-        return jax.nn.relu6(y) if self.apply_act else y
+            return jax.nn.relu6(y) if self.apply_act else y
+        groups = self.stat_groups
+        if x.shape[0] % groups:
+            raise ValueError(f"batch of {x.shape[0]} does not split into {groups} BatchNorm stat groups")
+        xg = _stat_cast(x).reshape(groups, x.shape[0] // groups, *x.shape[1:])
+        y, mean, var = batch_norm_train(xg, w, b, self.eps, self.apply_act)
+        self._update_running_stats(mean, var, xg.shape[1] * xg.shape[2] * xg.shape[3])
+        return y.reshape(x.shape).astype(out_dtype)
 
 
 def _stat_cast(x: jax.Array) -> jax.Array:

@@ -183,12 +183,17 @@ class MobileNetV2(nnx.Module):
         self._init_classifier(num_classes, self.global_pool if global_pool is None else global_pool,
                               nnx.Rngs(params=seed))
 
-    def set_bn_stat_groups(self, groups: int) -> MobileNetV2:
+    def set_bn_stat_groups(self, groups: int, running_stats_from: str = 'mean') -> MobileNetV2:
         """Train-mode BatchNorm statistics per group of `batch/groups` examples (1 = whole batch). With the
-        batch sharded over N devices, `groups=N` gives timm's per-GPU BatchNorm; 1 gives `--sync-bn`."""
+        batch sharded over N devices, `groups=N` gives timm's per-GPU BatchNorm; 1 gives `--sync-bn`.
+        `running_stats_from`: the running statistics follow the 'mean' over the groups (timm's `--dist-bn
+        reduce`) or the 'first' group only (rank 0's: `--dist-bn broadcast`)."""
+        if running_stats_from not in ('mean', 'first'):
+            raise ValueError(f"running_stats_from must be 'mean' or 'first', got {running_stats_from!r}")
         for _, module in nnx.iter_modules(self):
             if isinstance(module, BatchNormAct2d):
                 module.stat_groups = groups
+                module.running_stats_from = running_stats_from
         return self
 
     def train(self, **attributes) -> MobileNetV2:
