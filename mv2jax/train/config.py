@@ -155,7 +155,9 @@ class TrainConfig:
     # Batch norm
     sync_bn: bool = flag("--sync-bn", default=False, group=_BN, action="store_true",
                          help="BatchNorm statistics over the global batch (default: per device, as timm)")
-    dist_bn: str = flag("--dist-bn", default="reduce", group=_BN, choices=DIST_BN_MODES)
+    dist_bn: str = flag("--dist-bn", default="reduce", group=_BN, choices=DIST_BN_MODES,
+                        help="per-device BatchNorm running statistics: reduce (mean over devices), broadcast "
+                             "(device 0's), '' (no sync; kept as broadcast, timm's saved statistics)")
     # EMA
     model_ema: bool = flag("--model-ema", default=False, group=_EMA, action="store_true")
     model_ema_decay: float = flag("--model-ema-decay", default=0.9998, group=_EMA, type=float)

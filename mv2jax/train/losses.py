@@ -1,6 +1,7 @@
-"""timm's classification losses (LabelSmoothingCrossEntropy, SoftTargetCrossEntropy), always computed in float32.
+"""timm's classification losses (LabelSmoothingCrossEntropy, SoftTargetCrossEntropy), computed in float32 or wider.
 
-logits: [B, num_classes] (any float dtype, cast up to float32 before log_softmax); labels: [B] int class ids;
+logits: [B, num_classes] (any float dtype; bfloat16/float16/float32 are cast up to float32 before log_softmax,
+float64 stays float64, as `loss_dtype`); labels: [B] int class ids;
 targets: [B, num_classes] probabilities. `weights`: optional [B] per-example weights or 0/1 mask (e.g. padded
 eval batches). Reductions: 'mean' (weighted mean over the batch, as timm's `.mean()` when weights are None),
 'sum' (weighted sum), 'none' (per-example losses times weights).
@@ -14,11 +15,17 @@ import jax.numpy as jnp
 REDUCTIONS = ('mean', 'sum', 'none')
 
 
+def loss_dtype(logits: jax.Array) -> jnp.dtype:
+    """float32 for half- and single-precision logits (mixed precision keeps the loss in float32), float64 for
+    float64 logits (so a float64 run is float64 end to end)."""
+    return jnp.promote_types(jnp.float32, logits.dtype)
+
+
 def _reduce(per_example: jax.Array, weights: jax.Array | None, reduction: str) -> jax.Array:
     if reduction not in REDUCTIONS:
         raise ValueError(f'reduction must be one of {REDUCTIONS}, got {reduction!r}')
     if weights is not None:
-        weights = jnp.asarray(weights, jnp.float32)
+        weights = jnp.asarray(weights, per_example.dtype)
         per_example = per_example * weights
     if reduction == 'none':
         return per_example
@@ -35,13 +42,14 @@ def label_smoothing_cross_entropy(
         logits: jax.Array, labels: jax.Array, smoothing: float = 0.1, weights: jax.Array | None = None,
         reduction: str = 'mean',
 ) -> jax.Array:
-    """timm LabelSmoothingCrossEntropy: (1 - smoothing) * nll + smoothing * mean_c(-log p); float32 result.
+    """timm LabelSmoothingCrossEntropy: (1 - smoothing) * nll + smoothing * mean_c(-log p); result in
+    `loss_dtype(logits)`.
 
     `smoothing=0` is plain cross entropy (timm's validation loss).
     """
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f'smoothing must be in [0, 1), got {smoothing}')
-    logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    logprobs = jax.nn.log_softmax(logits.astype(loss_dtype(logits)), axis=-1)
     nll = -jnp.take_along_axis(logprobs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
     smooth = -logprobs.mean(axis=-1)
     return _reduce((1.0 - smoothing) * nll + smoothing * smooth, weights, reduction)
@@ -50,7 +58,9 @@ def label_smoothing_cross_entropy(
 def soft_target_cross_entropy(
         logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None, reduction: str = 'mean',
 ) -> jax.Array:
-    """timm SoftTargetCrossEntropy: sum_c(-target * log p) per example (mixup/cutmix targets); float32 result."""
-    logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    per_example = jnp.sum(-targets.astype(jnp.float32) * logprobs, axis=-1)
+    """timm SoftTargetCrossEntropy: sum_c(-target * log p) per example (mixup/cutmix targets); result in
+    `loss_dtype(logits)`."""
+    dtype = loss_dtype(logits)
+    logprobs = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
+    per_example = jnp.sum(-targets.astype(dtype) * logprobs, axis=-1)
     return _reduce(per_example, weights, reduction)

@@ -8,6 +8,8 @@ builds the same mesh from `jax.devices()` and feeds only its own slice of each g
 BatchNorm, as timm without `--sync-bn`: statistics per device. The model computes train-mode statistics per
 group of `B/N` contiguous examples (`model.set_bn_stat_groups(N)`, `StepConfig.bn_stat_groups`), and those
 groups are exactly the per-device shards. `--sync-bn` is one group (statistics over the global batch).
+timm's `--dist-bn` (what the ranks' running statistics become at epoch end) is then which groups feed the running
+statistics at every step (`dist_bn_running_stats`, `StepConfig.bn_running_stats`).
 """
 
 from __future__ import annotations
@@ -103,25 +105,22 @@ def shard_batch(local_batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Arr
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
 
 
-def dist_bn(state: Any, mode: str, stat_groups: int = 1) -> Any:
-    """timm's end-of-epoch `--dist-bn` on a train state (and its EMA): returns the state to evaluate and save.
+def dist_bn_running_stats(mode: str, stat_groups: int = 1) -> str:
+    """timm's `--dist-bn` as the BatchNorm `running_stats_from` of the train step ('mean' or 'first').
 
     timm keeps BatchNorm running statistics per GPU (each an EMA of its own examples' batch statistics) and at
     epoch end (model, then EMA model):
-    - 'reduce' (the default): all-reduce mean over ranks. mv2jax updates its single set of running statistics
-      every step with the mean over the stat groups (= devices); the update `r <- 0.9 r + 0.1 s` is linear, so
-      it always equals the mean of timm's per-rank statistics, and so does the EMA of it: a no-op here.
-    - 'broadcast': every rank takes rank 0's statistics, an EMA of the statistics of device 0's examples only
-      (1/N of each batch) since the last epoch end.
+    - 'reduce' (the default): all-reduce mean over ranks. The update `r <- 0.9 r + 0.1 s` is linear, so updating
+      one set of running statistics every step with the mean over the stat groups (= devices) always equals the
+      mean of timm's per-rank statistics, and so does the EMA of it: 'mean'.
+    - 'broadcast': every rank takes rank 0's statistics. All ranks start each epoch equal, so that is running
+      statistics updated every step with stat group 0 only (device 0's contiguous slice of the global batch),
+      and the EMA of them: 'first'.
     - '': no sync; each rank validates with its own statistics on its shard of the eval set, rank 0's are saved.
-    The last two need per-device running statistics, which mv2jax's BatchNorm does not keep (it would need
-    `[groups, C]` buffers). With one stat group (`--sync-bn`, or one device) all ranks hold the same statistics
-    and every mode is a no-op; with several, 'broadcast' and '' raise rather than silently act as 'reduce'.
+      mv2jax keeps one set of statistics: rank 0's, i.e. 'first' (what timm saves; the eval then uses rank 0's
+      statistics on every shard, where timm's used each rank's own).
+    With one stat group (`--sync-bn`, or one device) all modes agree; 'mean' is returned.
     """
     if mode not in DIST_BN_MODES:
         raise ValueError(f"--dist-bn must be one of {DIST_BN_MODES}, got {mode!r}")
-    if mode == "reduce" or stat_groups == 1:
-        return state
-    raise NotImplementedError(
-        f"--dist-bn {mode!r} with per-device BatchNorm ({stat_groups} stat groups): mv2jax keeps the mean of the "
-        "per-device running statistics (what --dist-bn reduce gives), not rank 0's; use --dist-bn reduce or --sync-bn")
+    return "mean" if mode == "reduce" or stat_groups == 1 else "first"

@@ -6,10 +6,11 @@ cross entropy) or `target` f32 `[B, num_classes]` (soft targets from mixup/cutmi
 as timm's SoftTargetCrossEntropy). Eval batches may carry `mask` bool `[B]` (False = padding, not counted).
 
 A train step is timm's train.py iteration: forward in train mode (batch statistics, dropout and drop path),
-loss in float32, gradients wrt the parameters only, optimizer update with the lr of update `step` (the schedule
-lives inside the optax transform), BN running statistics updated, `step += 1`, then the ModelEmaV3 update
-with timm's `step=num_updates` (1-based). Mixed precision (`--amp`) is a model created with
-`dtype=jnp.bfloat16` (compute) and float32 params: losses, log-softmax, BN statistics and updates stay float32.
+loss in float32 (float64 for a float64 model), gradients wrt the parameters only, optimizer update with the lr
+of update `step` (the schedule lives inside the optax transform), BN running statistics updated, `step += 1`,
+then the ModelEmaV3 update with timm's `step=num_updates` (1-based). Mixed precision (`--amp`) is a model created
+with `dtype=jnp.bfloat16` (compute) and float32 params: losses, log-softmax, BN statistics and updates stay
+float32.
 """
 
 from __future__ import annotations
@@ -43,12 +44,15 @@ class StepConfig:
     ema_decay: [--model-ema-decay]; used when the state has an EMA. ema_warmup: [--model-ema-warmup].
     bn_stat_groups: BatchNorm statistics per this many equal contiguous groups of the global batch: the number
       of data-parallel devices for timm's per-GPU BN, 1 for [--sync-bn] (see `mv2jax.train.mesh.bn_stat_groups`).
+    bn_running_stats: which stat groups update the BN running statistics: 'mean' over them ([--dist-bn reduce])
+      or 'first' (group 0 = device 0: [--dist-bn broadcast]); see `mv2jax.train.mesh.dist_bn_running_stats`.
     """
 
     label_smoothing: float = 0.1
     ema_decay: float = 0.9998
     ema_warmup: bool = False
     bn_stat_groups: int = 1
+    bn_running_stats: str = "mean"
 
     def __post_init__(self):
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -57,11 +61,14 @@ class StepConfig:
             raise ValueError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
         if self.bn_stat_groups < 1:
             raise ValueError(f"bn_stat_groups must be >= 1, got {self.bn_stat_groups}")
+        if self.bn_running_stats not in ("mean", "first"):
+            raise ValueError(f"bn_running_stats must be 'mean' or 'first', got {self.bn_running_stats!r}")
 
 
 def train_loss(logits: jax.Array, batch: Batch, smoothing: float) -> jax.Array:
-    """timm train.py's loss, mean over the batch, float32: SoftTargetCrossEntropy for a batch with `target`
-    (mixup; smoothing already in the targets), else LabelSmoothingCrossEntropy(`smoothing`) of `label`."""
+    """timm train.py's loss, mean over the batch, float32 (float64 for float64 logits): SoftTargetCrossEntropy
+    for a batch with `target` (mixup; smoothing already in the targets), else LabelSmoothingCrossEntropy
+    (`smoothing`) of `label`."""
     if "target" in batch:
         return soft_target_cross_entropy(logits, batch["target"])
     return label_smoothing_cross_entropy(logits, batch["label"], smoothing)
@@ -71,7 +78,7 @@ def _forward_loss(params, batch_stats, rng_state, batch: Batch, graphdef: nnx.Gr
     """Loss of a train-mode forward; aux = the model's updated (batch_stats, rng_state)."""
     model = merge_model(graphdef, params, batch_stats, rng_state)
     model.train()
-    model.set_bn_stat_groups(config.bn_stat_groups)
+    model.set_bn_stat_groups(config.bn_stat_groups, config.bn_running_stats)
     loss = train_loss(model(batch["image"]), batch, config.label_smoothing)
     _, _, new_stats, new_rng = split_model(model)
     return loss, (new_stats, new_rng)

@@ -72,8 +72,10 @@ def tiny_mv2jax(**kwargs) -> MobileNetV2:
     return MobileNetV2(arch, num_classes=NUM_CLASSES, rngs=nnx.Rngs(params=0, dropout=1), **kwargs)
 
 
-def mv2jax_train(model: MobileNetV2, batches, recipe: Recipe, *, bn_stat_groups: int = 1, mesh=None):
-    """The same run through mv2jax's jitted step (on `mesh` if given: state replicated, batch on `data`).
+def mv2jax_train(model: MobileNetV2, batches, recipe: Recipe, *, bn_stat_groups: int = 1, bn_running_stats="mean",
+                 mesh=None):
+    """The same run through mv2jax's jitted step (on `mesh` if given: state replicated, batch on `data`);
+    `bn_stat_groups`, `bn_running_stats` as in `StepConfig`.
 
     Returns (graphdef, final state, per-step metrics as numpy, the jitted step, the number of XLA compilations
     during steps 2..n: 0 when the step is compiled once)."""
@@ -81,7 +83,7 @@ def mv2jax_train(model: MobileNetV2, batches, recipe: Recipe, *, bn_stat_groups:
     tx = recipe.optax(schedule)
     graphdef, state = create_train_state(model, tx, use_ema=True)
     config = StepConfig(label_smoothing=recipe.smoothing, ema_decay=recipe.ema_decay, ema_warmup=recipe.ema_warmup,
-                        bn_stat_groups=bn_stat_groups)
+                        bn_stat_groups=bn_stat_groups, bn_running_stats=bn_running_stats)
     step = make_train_step(graphdef, tx, schedule, config, mesh)
     if mesh is not None:
         state = shard_train_state(state, mesh)

@@ -5,7 +5,9 @@ float32 summation-order differences between 1 and 8 devices grow to ~1e-2 in a f
 
 - sync_bn: 8-device mesh with `--sync-bn` (1 stat group) vs a 1-device mesh, same global batches;
 - per_device_bn: 8-device mesh with 8 stat groups vs 8 emulated timm DDP ranks (each rank its slice of the batch,
-  gradients averaged, running statistics averaged at the end = `--dist-bn reduce`), model and EMA;
+  gradients averaged, running statistics averaged at each epoch end = `--dist-bn reduce`), model and EMA;
+- per_device_bn_broadcast / _no_sync: the same with `--dist-bn broadcast` / `--dist-bn ''` (rank 0's running
+  statistics; mv2jax's step feeds them from stat group 0 only), model and EMA of rank 0;
 - eval: the eval step on the 8-device mesh vs unsharded, same padded batch (EMA weights).
 """
 
@@ -22,7 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from mv2jax.train.mesh import bn_stat_groups, create_mesh, dist_bn, local_copy, shard_batch  # noqa: E402
+from mv2jax.train.mesh import (  # noqa: E402
+    bn_stat_groups,
+    create_mesh,
+    dist_bn_running_stats,
+    local_copy,
+    shard_batch,
+)
 from mv2jax.train.step import make_eval_step  # noqa: E402
 from tests.train.reference import (  # noqa: E402
     Recipe,
@@ -40,11 +48,13 @@ GLOBAL_BATCH = 16  # 2 examples per device
 STEPS = 3
 
 
-def run(tmodel, batches, recipe, mesh, groups):
-    """Float64 training on `mesh`; -> ((model, EMA) state dicts, losses, (graphdef, state))."""
+def run(tmodel, batches, recipe, mesh, groups, dist_bn="reduce"):
+    """Float64 training on `mesh` with timm's `--dist-bn`; -> ((model, EMA) state dicts, losses, (graphdef,
+    state))."""
     model = load_timm(tiny_mv2jax(dtype=jnp.float64, param_dtype=jnp.float64), tmodel)
-    graphdef, state, metrics, _, recompiles = mv2jax_train(model, batches, recipe, bn_stat_groups=groups, mesh=mesh)
-    state = dist_bn(state, "reduce", groups)
+    graphdef, state, metrics, _, recompiles = mv2jax_train(
+        model, batches, recipe, bn_stat_groups=groups, bn_running_stats=dist_bn_running_stats(dist_bn, groups),
+        mesh=mesh)
     assert recompiles == 0, f"the sharded step compiled {recompiles} more times after its first call"
     return mv2jax_state_dicts(graphdef, state), [float(m["loss"]) for m in metrics], (graphdef, state)
 
@@ -72,8 +82,13 @@ def main() -> None:
         eval_batch = dict(batches[0], mask=np.arange(GLOBAL_BATCH) < GLOBAL_BATCH - 3)
         out["eval_sharded"] = eval_sums(graphdef, state, eval_batch, mesh8)
         out["eval_unsharded"] = eval_sums(graphdef, jax.tree.map(local_copy, state), eval_batch, None)
+        (first8, first8_ema), _, _ = run(tmodel, batches, recipe, mesh8, bn_stat_groups(mesh8), "broadcast")
     ref, ref_ema, _, _ = timm_train(tmodel, batches, recipe, torch.float64, replicas=DEVICES)
     out["per_device_bn_f64"] = worst(rel_errors(per8, ref)) + worst(rel_errors(per8_ema, ref_ema))
+    for mode, name in (("broadcast", "per_device_bn_broadcast_f64"), ("", "per_device_bn_no_sync_f64")):
+        ref, ref_ema, _, _ = timm_train(tmodel, batches, recipe, torch.float64, replicas=DEVICES, dist_bn=mode)
+        out[name] = worst(rel_errors(first8, ref)) + worst(rel_errors(first8_ema, ref_ema))
+    out["broadcast_differs_from_reduce"] = worst(rel_errors(first8, per8))
     sync_ref, *_ = timm_train(tmodel, batches, recipe, torch.float64, replicas=1)
     out["per_device_differs_from_sync"] = worst(rel_errors(per8, sync_ref))
     out["loss_f64"] = [loss8, loss1]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from mv2jax.train.config import ConfigError, config_from_dict, parse_config
-from mv2jax.train.loop import RESUME_IDENTITY, _check_same_run
+from mv2jax.train.run import RESUME_IDENTITY, _check_same_run
 from tests.train.test_checkpoint import (
     FINAL_STEP,
     RUN_FLAGS,

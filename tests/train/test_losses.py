@@ -1,5 +1,6 @@
-"""Losses against timm's LabelSmoothingCrossEntropy / SoftTargetCrossEntropy; float32 results from bf16 logits;
-per-example weights (padded batches) equal timm's loss on the unpadded examples."""
+"""Losses against timm's LabelSmoothingCrossEntropy / SoftTargetCrossEntropy; float32 results from bf16 logits,
+float64 ones from float64 logits; per-example weights (padded batches) equal timm's loss on the unpadded
+examples."""
 
 from __future__ import annotations
 
@@ -48,6 +49,20 @@ def test_bf16_logits_give_float32_loss_of_the_upcast_logits():
     assert float(got) == pytest.approx(expected, rel=1e-6)
     got = soft_target_cross_entropy(bf16, jnp.asarray(targets, jnp.bfloat16))
     assert got.dtype == jnp.float32
+
+
+def test_float64_logits_give_float64_loss_equal_to_timm_float64():
+    logits, labels, targets = (x.astype(np.float64) if x.dtype.kind == 'f' else x for x in batch())
+    mask = (np.arange(B) < 11).astype(np.float64)
+    with jax.enable_x64(True):
+        hard = label_smoothing_cross_entropy(jnp.asarray(logits), labels, weights=mask, reduction='sum')
+        soft = soft_target_cross_entropy(jnp.asarray(logits), jnp.asarray(targets))
+    assert hard.dtype == soft.dtype == jnp.float64
+    t_logits = torch.from_numpy(logits)
+    expected = LabelSmoothingCrossEntropy(0.1)(t_logits[:11], torch.from_numpy(labels[:11])).item() * 11
+    assert float(hard) == pytest.approx(expected, rel=1e-13)
+    expected = SoftTargetCrossEntropy()(t_logits, torch.from_numpy(targets)).item()
+    assert float(soft) == pytest.approx(expected, rel=1e-13)
 
 
 def test_weights_mask_padded_examples():

@@ -61,12 +61,13 @@ def timm_scheduler(recipe: Recipe, optimizer):
 
 
 def timm_train(tmodel: torch.nn.Module, batches, recipe: Recipe, dtype=torch.float64, replicas: int = 1,
-               amp: bool = False):
+               amp: bool = False, dist_bn: str = "reduce"):
     """timm train.py over `batches` (global batches) with `replicas` DDP ranks, each a copy of `tmodel` fed its
-    contiguous slice; gradients averaged (DDP), one RMSpropTF + scheduler + ModelEmaV3 per rank, then
-    `distribute_bn(reduce)` on model and EMA. `amp`: forward and loss under bfloat16 autocast (train.py's `--amp
-    --amp-dtype bfloat16`). Returns (model state dict, EMA state dict, per-step lrs, per-step losses of rank 0) as
-    numpy / floats."""
+    contiguous slice; gradients averaged (DDP), one RMSpropTF + scheduler + ModelEmaV3 per rank, and at the end
+    of every epoch (`recipe.updates_per_epoch` updates) and of the run timm's `distribute_bn(dist_bn)` on model
+    and EMA ('reduce': mean over ranks, 'broadcast': rank 0's, '': none). `amp`: forward and loss under bfloat16
+    autocast (train.py's `--amp --amp-dtype bfloat16`). Returns (rank 0's model state dict, its EMA state dict,
+    per-step lrs, per-step losses of rank 0) as numpy / floats."""
     ranks = [copy.deepcopy(tmodel).to(dtype).train() for _ in range(replicas)]
     opts = [create_optimizer_v2(m, "rmsproptf", lr=recipe.lr, weight_decay=recipe.weight_decay,
                                 eps=recipe.opt_eps, momentum=recipe.momentum) for m in ranks]
@@ -91,9 +92,19 @@ def timm_train(tmodel: torch.nn.Module, batches, recipe: Recipe, dtype=torch.flo
         for m, e, s in zip(ranks, emas, scheds, strict=True):
             e.update(m, step=num_updates)
             s.step_update(num_updates=num_updates)
-    _all_reduce_mean([_bn_buffers(m) for m in ranks])
-    _all_reduce_mean([_bn_buffers(e.module) for e in emas])
+        if num_updates % recipe.updates_per_epoch == 0:
+            _distribute_bn(ranks, emas, dist_bn)
+    _distribute_bn(ranks, emas, dist_bn)
     return state_dict_numpy(ranks[0]), state_dict_numpy(emas[0].module), lrs, losses
+
+
+def _distribute_bn(ranks: list[torch.nn.Module], emas: list[ModelEmaV3], mode: str) -> None:
+    """timm's `distribute_bn(model, world_size, reduce=mode == 'reduce')` on the models, then on the EMAs."""
+    if not mode:
+        return
+    sync = _all_reduce_mean if mode == "reduce" else _broadcast_first
+    sync([_bn_buffers(m) for m in ranks])
+    sync([_bn_buffers(e.module) for e in emas])
 
 
 def _bn_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -106,3 +117,10 @@ def _all_reduce_mean(per_rank: list[list[torch.Tensor]]) -> None:
         mean = torch.stack(tensors).mean(0)
         for t in tensors:
             t.copy_(mean)
+
+
+@torch.no_grad()
+def _broadcast_first(per_rank: list[list[torch.Tensor]]) -> None:
+    for first, *others in zip(*per_rank, strict=True):
+        for t in others:
+            t.copy_(first)
