@@ -96,6 +96,9 @@ class TrainConfig:
     # Device
     amp: bool = flag("--amp", default=False, group=_DEVICE, action="store_true",
                      help="mixed precision: bfloat16 compute, float32 parameters, losses and BN statistics")
+    compile_cache: str | None = flag("--compile-cache", group=_DEVICE, metavar="DIR",
+                                     help="mv2jax: persistent XLA compilation cache (default ~/.cache/mv2jax/xla "
+                                          "or $JAX_COMPILATION_CACHE_DIR; '' turns it off)")
     # Optimizer
     opt: str = flag("--opt", default="sgd", group=_OPT, metavar="OPTIMIZER")
     opt_eps: float | None = flag("--opt-eps", group=_OPT, type=float, metavar="EPSILON")

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mv2jax.compile_cache import enable_compile_cache
 from mv2jax.data.loader import LoaderIterator
 from mv2jax.train.checkpoint import CHECKPOINTS_DIR, PreemptionGuard, TrainCheckpointer
 from mv2jax.train.config import TrainConfig
@@ -207,6 +208,7 @@ def train(config: TrainConfig) -> TrainResult:
     t0 = time.perf_counter()
     if config.distributed:
         initialize_distributed(config.coordinator_address, config.num_processes, config.process_id)
+    enable_compile_cache(config.compile_cache)
     with PreemptionGuard(multi_process=config.distributed) as guard:  # before any loader thread or worker starts
         run, state = build_run(config)
         ckpt = _open_checkpointer(run)
