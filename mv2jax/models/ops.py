@@ -64,15 +64,30 @@ def _depthwise_bwd(stride, pad, res, dy):
     dyp = jax.lax.pad(dy, zero, ((0, 0, 0), (k - 1, k - 1 + extra_h, stride - 1),
                                  (k - 1, k - 1 + extra_w, stride - 1), (0, 0, 0)))
     dx = _taps(dyp, w[::-1, ::-1], 1, hp, wp)[:, pad:pad + h, pad:pad + wd, :]
-    # dw[i, j] = sum over n, h, w of the (i, j) tap's input times dy.
-    xp = _pad_hw(x, pad)
-    taps = []
-    for i in range(k):
-        for j in range(k):
-            limit = (n, i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1, c)
-            patch = jax.lax.slice(xp, (0, i, j, 0), limit, (1, stride, stride, 1))
-            taps.append(jnp.sum(patch * dy, axis=(0, 1, 2)))
-    return dx, jnp.stack(taps).reshape(w.shape).astype(w.dtype)
+    return dx, _depthwise_weight_grad(x, dy, k, stride, pad).astype(w.dtype)
+
+
+def _depthwise_weight_grad(x: jax.Array, dy: jax.Array, k: int, stride: int, pad: int) -> jax.Array:
+    """dw[i, j] = sum over n, h, w of the (i, j) tap's (padded) input times dy: `[k, k, C]`.
+
+    Over the whole batch at once XLA writes each tap's product out and reads it back (9 passes over memory); a
+    loop over pairs of examples keeps each pair's activations in cache across the 9 taps (~2.5x faster), and
+    pads each pair there rather than copying the whole padded batch."""
+    n, oh, ow, c = dy.shape
+    chunk = 2 if n % 2 == 0 else 1
+
+    def taps(args):
+        xi, dyi = _pad_hw(args[0], pad), args[1]
+        sums = []
+        for i in range(k):
+            for j in range(k):
+                limit = (chunk, i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1, c)
+                patch = jax.lax.slice(xi, (0, i, j, 0), limit, (1, stride, stride, 1))
+                sums.append(jnp.sum(patch * dyi, axis=(0, 1, 2)))
+        return jnp.stack(sums)
+
+    chunks = (x.reshape(n // chunk, chunk, *x.shape[1:]), dy.reshape(n // chunk, chunk, *dy.shape[1:]))
+    return jnp.sum(jax.lax.map(taps, chunks), axis=0).reshape(k, k, c)
 
 
 depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
