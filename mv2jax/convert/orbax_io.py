@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,12 +38,32 @@ def write_orbax_state(path: str | os.PathLike, state: dict, meta: dict) -> None:
     ckpt.save(path, ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
 
+def local_restore_target(item_dir: str | os.PathLike) -> Any:
+    """The restore target of an orbax array tree for this process alone: every array whole on the first local
+    device, whatever mesh or number of processes saved it (without a target orbax insists on the saving
+    topology: a checkpoint from a 2-host run would not load on one host)."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckpt:
+        metadata = ckpt.metadata(Path(item_dir).absolute()).item_metadata
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def leaf(m: Any) -> Any:
+        if hasattr(m, "shape") and hasattr(m, "dtype"):
+            return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device)
+        return m
+
+    return jax.tree.map(leaf, metadata)
+
+
 def read_orbax(path: str | os.PathLike) -> tuple[dict, dict]:
-    """(state tree of numpy arrays, meta dict) of an mv2jax checkpoint directory."""
+    """(state tree of arrays, meta dict) of an mv2jax checkpoint directory, saved by any number of processes."""
     ocp, ckpt = _checkpointer()
     path = Path(path).absolute()
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
     try:
+        target = local_restore_target(path / "state")
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
         restored = ckpt.restore(path, args)
     except Exception as e:  # orbax raises several types for a foreign or partial directory
         raise ValueError(f"{path} is not an mv2jax (orbax) checkpoint directory ({type(e).__name__}: {e})") from e

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mv2jax.convert import read_checkpoint, read_orbax
+from mv2jax.convert.orbax_io import local_restore_target
 from mv2jax.train.checkpoint import PreemptionGuard, TrainCheckpointer, find_checkpoint
 from mv2jax.train.optim import create_optimizer
 from mv2jax.train.schedules import create_schedule
@@ -235,7 +236,8 @@ def interrupt_after_first_checkpoint(procs: dict[Path, tuple[subprocess.Popen, i
 
 def final_state(run_dir: Path, step: int = FINAL_STEP) -> dict:
     checkpointer = ocp.StandardCheckpointer()
-    items = {item: checkpointer.restore(run_dir / "checkpoints" / str(step) / item)
+    directory = run_dir / "checkpoints" / str(step)
+    items = {item: checkpointer.restore(directory / item, local_restore_target(directory / item))
              for item in ("state", "opt_state", "train")}
     checkpointer.close()
     return items
