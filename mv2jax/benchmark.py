@@ -2,14 +2,17 @@
 
 Measures inference images/s (per batch size, fp32, every mv2jax `conv_impl` and timm eager / channels_last /
 torch.compile), the RA-recipe train step images/s, jit and torch.compile times, peak RSS and XLA's memory and
-cost analyses; prints a table and writes JSON (`--output`). Each phase (side x mode x variant) runs in a fresh
-subprocess so its RSS high-water mark and compile times are its own; phases run one after another.
+cost analyses, and the data loader's images/s with the RA train transform on ImageNet-sized JPEGs (mv2jax's
+transform and grain loader vs timm's transform and DataLoader, next to the train step's images/s); prints a table
+and writes JSON (`--output`). Each phase (side x mode x variant) runs in a fresh subprocess so its RSS high-water
+mark and compile times are its own; phases run one after another. `--phases` picks some of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import json
 import os
 import subprocess
@@ -19,19 +22,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mv2jax.bench.common import BenchConfig, available_cores, machine_info
+from mv2jax.bench.common import BenchConfig, LoaderBench, available_cores, machine_info
 from mv2jax.bench.report import format_report, summarize
+from mv2jax.bench.sample_jpegs import describe_image_folder, write_sample_jpegs
 
 CONV_IMPLS = ("cpu", "xla")
-QUICK = dict(model="mobilenetv2_035", img_size=64, repeats=2, warmup=1, min_iters=2, target_run_s=0.0)
+QUICK = dict(model="mobilenetv2_035", img_size=64, repeats=2, warmup=1, min_iters=2, target_run_s=0.0,
+             loader=LoaderBench(images=8, sides=(48, 96), repeats=2))
+LOADER_VARIANT = "ra"  # the loader phases measure the RA recipe's train transform
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
     side: str  # 'mv2jax' | 'timm'
-    mode: str  # 'inference' | 'train'
-    variant: str  # a conv_impl for mv2jax, a timm_side variant for timm
+    mode: str  # 'inference' | 'train' | 'loader'
+    variant: str  # a conv_impl for mv2jax, a timm_side variant for timm; LOADER_VARIANT for the loader
 
     @property
     def name(self) -> str:
@@ -43,17 +49,32 @@ class Phase:
 
 
 def plan(args: argparse.Namespace) -> list[Phase]:
-    """Every phase this run measures, mv2jax first."""
+    """Every phase this run measures, mv2jax first, then the loader phases; only those `--phases` selects."""
     modes = ["inference"] + ([] if args.skip_train else ["train"])
     phases = [Phase("mv2jax", m, impl) for m in modes for impl in CONV_IMPLS]
     if not args.skip_timm:
         variants = ["eager", "channels_last", "channels_last_1thread"] + ([] if args.no_torch_compile else ["compile"])
         phases += [Phase("timm", m, v) for m in modes for v in variants]
-    return phases
+    if not args.skip_loader:
+        phases += [Phase(side, "loader", LOADER_VARIANT) for side in ("mv2jax", "timm")[: 1 if args.skip_timm else 2]]
+    return [p for p in phases if selected(p, args.phases)]
+
+
+def selected(phase: Phase, patterns: list[str] | None) -> bool:
+    """Whether `phase` matches one of `patterns`: a glob on its name ('timm:train:*') or one part of it ('loader',
+    'timm'). No patterns select every phase."""
+    if not patterns:
+        return True
+    parts = (phase.side, phase.mode, phase.variant)
+    return any(fnmatch.fnmatchcase(phase.name, p) or p in parts for p in patterns)
 
 
 def run_phase(phase: Phase, cfg: BenchConfig) -> list[dict[str, Any]]:
     """Run one phase in this process (imports only its own framework)."""
+    if phase.mode == "loader":
+        from mv2jax.bench import loader_side
+
+        return (loader_side.mv2jax_phase if phase.side == "mv2jax" else loader_side.timm_phase)(cfg, phase.variant)
     if phase.side == "mv2jax":
         from mv2jax.bench import jax_side
 
@@ -97,6 +118,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             fields[key] = getattr(args, key)
     if args.batch_sizes is not None:
         fields["batch_sizes"] = tuple(args.batch_sizes)
+    loader = {k: v for k, v in (("images", args.loader_images), ("data_dir", args.loader_data_dir),
+                                ("workers", args.loader_workers and tuple(args.loader_workers))) if v is not None}
+    fields["loader"] = dataclasses.replace(fields.get("loader", LoaderBench()), **loader)
     return BenchConfig(**fields)
 
 
@@ -115,10 +139,26 @@ def _pin_cores(threads: int) -> None:
 
 
 def run_all(args: argparse.Namespace, cfg: BenchConfig) -> dict[str, Any]:
-    """Every planned phase (isolated unless `--no-isolate`), then the summary: the report as written to JSON."""
+    """Every planned phase, with sample JPEGs made for the loader phases unless `--loader-data-dir` names a
+    folder: the report as written to JSON."""
+    phases = plan(args)
+    if not any(p.mode == "loader" for p in phases):
+        return _run_phases(args, cfg, phases, None)
+    if cfg.loader.data_dir:
+        return _run_phases(args, cfg, phases, describe_image_folder(cfg.loader.data_dir, limit=cfg.loader.images))
+    with tempfile.TemporaryDirectory(prefix="mv2jax_loader_bench_") as tmp:
+        print(f"[benchmark] writing {cfg.loader.images} sample JPEGs to {tmp} ...", file=sys.stderr, flush=True)
+        data = write_sample_jpegs(tmp, cfg.loader.images, cfg.loader.sides)
+        return _run_phases(args, dataclasses.replace(cfg, loader=dataclasses.replace(cfg.loader, data_dir=tmp)),
+                           phases, data)
+
+
+def _run_phases(args: argparse.Namespace, cfg: BenchConfig, phases: list[Phase],
+                loader_data: dict[str, Any] | None) -> dict[str, Any]:
+    """Every phase in `phases` (isolated unless `--no-isolate`), then the summary."""
     t0, load_before = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
     results: list[dict[str, Any]] = []
-    for phase in plan(args):
+    for phase in phases:
         print(f"[benchmark] {phase.name} ...", file=sys.stderr, flush=True)
         t_phase = time.perf_counter()
         phase_results = (run_phase(phase, cfg) if args.no_isolate
@@ -126,7 +166,7 @@ def run_all(args: argparse.Namespace, cfg: BenchConfig) -> dict[str, Any]:
         for r in phase_results:  # the load average says how much other work shared the cores meanwhile
             r["phase_wall_s"], r["load_avg_1min_after"] = time.perf_counter() - t_phase, os.getloadavg()[0]
         results += phase_results
-    mv2 = [r for r in results if r["side"] == "mv2jax" and r.get("status") == "ok"]
+    mv2 = [r for r in results if r["side"] == "mv2jax" and r.get("status") == "ok" and r["mode"] != "loader"]
     return {
         "config": cfg.to_json(),
         "machine": machine_info(),
@@ -135,6 +175,7 @@ def run_all(args: argparse.Namespace, cfg: BenchConfig) -> dict[str, Any]:
         "conv_impl_auto": next((r["conv_impl_auto"] for r in mv2), None),
         "conv_impls_run": sorted({r["conv_impl"] for r in mv2}),
         "step_impl": next((r["step_impl"] for r in mv2 if "step_impl" in r), None),
+        "loader_data": loader_data,
         "results": results,
         "summary": summarize(results, cfg.batch_sizes, None if args.skip_train else cfg.train_batch_size),
         "load_before": load_before,
@@ -156,6 +197,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="tiny run for tests: mobilenetv2_035 at 64 px, 2 short runs, no torch.compile")
     p.add_argument("--skip-timm", action="store_true", help="measure mv2jax only")
     p.add_argument("--skip-train", action="store_true", help="inference only")
+    p.add_argument("--skip-loader", action="store_true", help="no data loader phases")
+    p.add_argument("--phases", nargs="+", default=None, metavar="PATTERN",
+                   help="run only the phases matching a glob on side:mode:variant (e.g. 'timm:train:*') or equal "
+                        "to one part of it (e.g. 'loader', 'mv2jax'); the rest of the flags still apply")
+    p.add_argument("--loader-images", type=int, default=None,
+                   help="images per timed loader run, and sample JPEGs written (default 256)")
+    p.add_argument("--loader-workers", type=int, nargs="+", default=None, metavar="J",
+                   help="loader worker processes to measure, as -j (default 0 2)")
+    p.add_argument("--loader-data-dir", default=None,
+                   help="ImageFolder (DIR[/train]/<class>/<image>) to load instead of sample JPEGs")
     p.add_argument("--no-torch-compile", action="store_true", help="skip timm's torch.compile variants")
     p.add_argument("--no-isolate", action="store_true", help="run phases in this process (RSS then accumulates)")
     p.add_argument("--phase-timeout", type=float, default=3600.0, help="seconds before a phase is abandoned")

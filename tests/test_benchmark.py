@@ -1,5 +1,6 @@
 """`python -m mv2jax.benchmark --quick` end to end: the JSON report has every field, with sane values, and the
-ratios agree with the throughputs. No timing assertions: only that the numbers exist and are consistent."""
+ratios agree with the throughputs; the loader phases run on a few tiny sample JPEGs. No timing assertions: only
+that the numbers exist and are consistent."""
 
 from __future__ import annotations
 
@@ -11,20 +12,29 @@ from pathlib import Path
 
 import pytest
 
+from mv2jax.benchmark import Phase, parse_args, plan
+
 ROOT = Path(__file__).resolve().parent.parent
 BATCH_SIZES = (1, 2)
 TRAIN_BATCH = 2
+LOADER_VARIANTS = ("transform", "loader_j0", "loader_j2")
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> dict:
+def run(tmp_path_factory) -> tuple[dict, str]:
+    """(the JSON report, the printed table) of one quick run of every phase."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     cmd = [sys.executable, "-m", "mv2jax.benchmark", "--quick", "--batch-sizes", *map(str, BATCH_SIZES),
            "--train-batch-size", str(TRAIN_BATCH), "--output", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "mv2jax best / timm best" in proc.stdout
-    return json.loads(out.read_text())
+    return json.loads(out.read_text()), proc.stdout
+
+
+@pytest.fixture(scope="module")
+def report(run) -> dict:
+    assert "mv2jax best / timm best" in run[1]
+    return run[0]
 
 
 def _positive(x) -> bool:
@@ -49,18 +59,24 @@ def test_quick_report_has_every_measurement_with_sane_values(report):
     timm_variants = ("eager", "channels_last", "channels_last_1thread")
     expected |= {("timm", "inference", v, b) for v in timm_variants for b in BATCH_SIZES}
     expected |= {("timm", "train", v, TRAIN_BATCH) for v in timm_variants}
+    expected |= {(s, "loader", v, 1 if v == "transform" else TRAIN_BATCH) for s in ("mv2jax", "timm")
+                 for v in LOADER_VARIANTS}
     assert {(r["side"], r["mode"], r["variant"], r["batch_size"]) for r in results} == expected
     for r in results:
         ips = r["images_per_s"]
         assert all(_positive(ips[k]) for k in ("median", "min", "max")), r
-        assert ips["min"] <= ips["median"] <= ips["max"] and len(ips["runs"]) == report["config"]["repeats"]
-        assert _positive(r["peak_rss_mib"]) and _positive(r["compile"]["first_call_s"])
+        cfg = report["config"]["loader"] if r["mode"] == "loader" else report["config"]
+        assert ips["min"] <= ips["median"] <= ips["max"] and len(ips["runs"]) == cfg["repeats"]
+        assert _positive(r["peak_rss_mib"])
+        if r["mode"] == "loader":  # no compile, and torch runs one thread as in a DataLoader worker
+            continue
+        assert _positive(r["compile"]["first_call_s"])
         if r["side"] == "timm":
             assert r["threads"] == (1 if r["variant"].endswith("_1thread") else report["threads"]["count"])
 
 
 def test_quick_report_has_xla_compile_memory_and_cost_analyses(report):
-    for r in (r for r in report["results"] if r["side"] == "mv2jax"):
+    for r in (r for r in report["results"] if r["side"] == "mv2jax" and r["mode"] != "loader"):
         c = r["compile"]
         assert _positive(c["lower_s"]) and _positive(c["compile_s"])
         assert _positive(c["memory_mib"]["argument"]) and c["memory_mib"]["temp"] >= 0
@@ -85,3 +101,35 @@ def test_quick_report_ratios_match_the_throughputs(report):
             for variant, ratio in comp["per_variant"].items():
                 assert ratio == pytest.approx(rates[("mv2jax", variant)] / best_timm)
     assert set(summary["targets_met"]) >= {"inference_b1_ratio>=1.5", "train_b2_ratio>=1.5", "train_compile_s<=10.0"}
+
+
+def test_quick_loader_phase_measures_the_ra_transform_and_loaders_on_both_sides(run):
+    report, printed = run
+    assert report["loader_data"]["files_described"] == report["config"]["loader"]["images"] == 8
+    assert _positive(report["loader_data"]["mean_height"]) and _positive(report["loader_data"]["mean_kib"])
+    assert report["config"]["augment"]["auto_augment"] == "rand-m9-mstd0.5"
+    for r in (r for r in report["results"] if r["mode"] == "loader"):
+        assert r["status"] == "ok", r.get("error")
+        assert r["workers"] == (1 if r["variant"] == "transform" else int(r["variant"].removeprefix("loader_j")))
+        assert r["images_per_s_per_worker"] == pytest.approx(r["images_per_s"]["median"] / max(r["workers"], 1))
+        assert r["first_run_s"] > 0 and r["images_per_run"] >= 8 and r["img_size"] == 64
+    loader = report["summary"]["loader"]
+    assert list(loader["per_variant"]) == list(LOADER_VARIANTS)
+    for row in loader["per_variant"].values():
+        for side in ("mv2jax", "timm"):
+            cell = row[side]
+            assert all(_positive(cell[k]) for k in ("images_per_s", "images_per_s_per_worker", "over_train_step"))
+            train = loader["train_step_best"][side]["images_per_s"]
+            assert cell["over_train_step"] == pytest.approx(cell["images_per_s"] / train)
+        assert row["mv2jax_over_timm"] == pytest.approx(row["mv2jax"]["images_per_s"] / row["timm"]["images_per_s"])
+    assert all(_positive(v) for v in loader["workers_to_feed_train_step"].values())
+    assert "data loading: RA train transform (rand-m9-mstd0.5" in printed
+
+
+def test_phases_flag_selects_by_glob_or_name_part():
+    loader = [Phase("mv2jax", "loader", "ra"), Phase("timm", "loader", "ra")]
+    assert plan(parse_args(["--quick", "--phases", "loader"])) == loader
+    assert plan(parse_args(["--phases", "timm:train:*"])) == [
+        Phase("timm", "train", v) for v in ("eager", "channels_last", "channels_last_1thread", "compile")]
+    assert plan(parse_args(["--skip-loader", "--phases", "loader"])) == []
+    assert plan(parse_args(["--skip-timm", "--phases", "loader"])) == loader[:1]

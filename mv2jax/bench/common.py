@@ -35,6 +35,32 @@ class TrainRecipe:
 
 
 @dataclasses.dataclass(frozen=True)
+class AugmentRecipe:
+    """timm's RA recipe's train transform (timm flag in brackets): RandomResizedCrop with a random
+    bilinear/bicubic interpolation, hflip, RandAugment, normalise, RandomErasing."""
+
+    auto_augment: str = "rand-m9-mstd0.5"  # [--aa]
+    re_prob: float = 0.2  # [--reprob]
+    re_mode: str = "pixel"  # [--remode]
+    re_count: int = 1  # [--recount]
+    interpolation: str = "random"  # [--train-interpolation]
+    hflip: float = 0.5  # [--hflip]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderBench:
+    """What the loader phase measures: `images` JPEGs whose sides (pixels) are drawn from `sides` (made from
+    scikit-learn's sample photographs unless `data_dir` names an ImageFolder to read instead), loaders with each
+    of `workers` processes, `repeats` timed epochs each (median reported)."""
+
+    images: int = 256
+    sides: tuple[int, int] = (350, 500)
+    workers: tuple[int, ...] = (0, 2)
+    repeats: int = 3
+    data_dir: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class BenchConfig:
     """One benchmark run. `target_run_s`: each timed run repeats the call until it lasts about this long;
     `min_iters`/`repeats`/`warmup`: lower bound on calls per run, number of timed runs, untimed warm-up calls."""
@@ -50,6 +76,8 @@ class BenchConfig:
     threads: int = 0  # 0: every core this process may run on
     num_classes: int = 1000
     recipe: TrainRecipe = TrainRecipe()
+    augment: AugmentRecipe = AugmentRecipe()
+    loader: LoaderBench = LoaderBench()
 
     def resolved_threads(self) -> int:
         return self.threads or available_cores()
@@ -62,6 +90,10 @@ class BenchConfig:
         data = dict(data)
         data["batch_sizes"] = tuple(data["batch_sizes"])
         data["recipe"] = TrainRecipe(**data["recipe"])
+        data["augment"] = AugmentRecipe(**data["augment"])
+        loader = dict(data["loader"])
+        loader["sides"], loader["workers"] = tuple(loader["sides"]), tuple(loader["workers"])
+        data["loader"] = LoaderBench(**loader)
         return cls(**data)
 
 

@@ -1,8 +1,11 @@
-"""Summary (best of each side, ratios, the project's targets) and the printed table of a benchmark run."""
+"""Summary (best of each side, ratios, the project's targets) and the printed table of a benchmark run; the
+loader phases' part of both is in `loader_report`."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from mv2jax.bench.loader_report import format_loader_section, summarize_loader
 
 # The project's targets: mv2jax / timm-best throughput ratios, and the train-step compile budget (seconds).
 TARGET_INFER_RATIO = 1.5
@@ -50,6 +53,9 @@ def summarize(results: list[dict], batch_sizes: tuple[int, ...], train_batch: in
         if compiles:
             targets[f"train_compile_s<={TARGET_TRAIN_COMPILE_S}"] = min(compiles) <= TARGET_TRAIN_COMPILE_S
     summary["targets_met"] = targets
+    loader = summarize_loader(results)
+    if loader is not None:
+        summary["loader"] = loader
     return summary
 
 
@@ -76,6 +82,8 @@ def _row(r: dict, summary: dict) -> str:
 def _cost_lines(results: list[dict]) -> list[str]:
     lines = []
     for r in _ok(results, side="mv2jax"):
+        if r["mode"] == "loader":
+            continue
         cost = r["compile"].get("cost_per_image")
         if cost:
             lines.append(f"  {r['mode']:<9} {r['variant']:<22} b={r['batch_size']:<3} "
@@ -96,14 +104,18 @@ def format_report(report: dict[str, Any]) -> str:
         f"{'mode':<9} {'side':<6} {'variant':<22} {'batch':>5} {'img/s':>9} {'min-max':^17} {'sprd':>6} "
         f"{'/timm':>6} {'jit1st s':>8} {'AOT s':>8} {'RSS MiB':>8} {'XLAtmp':>8}",
     ]
-    lines += [_row(r, summary) for r in results]
+    lines += [_row(r, summary) for r in results if r["mode"] != "loader"]
     lines += ["", "mv2jax best / timm best (images/s):"]
     for mode in ("inference", "train"):
         for batch, comp in summary.get(mode, {}).items():
             mb, tb = comp["mv2jax_best"] or {}, comp["timm_best"] or {}
+            if not (mb or tb):  # that mode did not run (--phases)
+                continue
             lines.append(f"  {mode:<9} b={batch:<3} {_fmt(mb.get('images_per_s'), '.2f')} ({mb.get('variant', '-')})"
                          f" / {_fmt(tb.get('images_per_s'), '.2f')} ({tb.get('variant', '-')})"
                          f" = {_fmt(comp['ratio'], '.2f')}x")
+    if "loader" in summary:
+        lines += [""] + format_loader_section(report)
     lines += ["", "XLA cost analysis per image:"] + _cost_lines(results)
     met = summary["targets_met"].items()
     lines += ["", "targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in met)]
