@@ -99,7 +99,7 @@ def format_loader_section(report: dict[str, Any]) -> list[str]:
     for side in SIDES:
         if train[side]:
             lines.append(f"  {side} train step (best, b={train[side]['batch_size']}, {train[side]['variant']}): "
-                         f"{train[side]['images_per_s']:.1f} img/s = {_fmt(feed[side], '.1f')} transform workers")
+                         f"{train[side]['images_per_s']:.1f} img/s = {_fmt(feed[side], '.2f')} transform workers")
     lines.append("  /train step: loader img/s over the same side's best train step img/s (mv2jax/timm); >= 1 keeps "
                  "up only if the workers get cores of their own")
     return lines

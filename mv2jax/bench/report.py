@@ -49,9 +49,14 @@ def summarize(results: list[dict], batch_sizes: tuple[int, ...], train_batch: in
         summary["train"] = {str(train_batch): comp}
         if comp["ratio"] is not None:
             targets[f"train_b{train_batch}_ratio>={TARGET_TRAIN_RATIO}"] = comp["ratio"] >= TARGET_TRAIN_RATIO
-        compiles = [r["compile"]["compile_s"] for r in _ok(results, side="mv2jax", mode="train")]
-        if compiles:
-            targets[f"train_compile_s<={TARGET_TRAIN_COMPILE_S}"] = min(compiles) <= TARGET_TRAIN_COMPILE_S
+        # the compile of the variant that trains fastest (the one a user runs), lower() + compile(), cold
+        best = comp["mv2jax_best"]
+        runs = [r for r in _ok(results, side="mv2jax", mode="train") if best and r["variant"] == best["variant"]]
+        if runs and "compile_s" in runs[0]["compile"]:
+            c = runs[0]["compile"]
+            comp["mv2jax_compile_s"] = {"cold": c["lower_s"] + c["compile_s"], "cached": c.get("cached_s")}
+            targets[f"train_compile_s<={TARGET_TRAIN_COMPILE_S}"] = (
+                comp["mv2jax_compile_s"]["cold"] <= TARGET_TRAIN_COMPILE_S)
     summary["targets_met"] = targets
     loader = summarize_loader(results)
     if loader is not None:
@@ -76,7 +81,7 @@ def _row(r: dict, summary: dict) -> str:
     temp = c.get("memory_mib", {}).get("temp")
     return (f"{head} {ips['median']:>9.2f} {ips['min']:>8.2f}-{ips['max']:<8.2f} {ips['spread_pct']:>5.1f}% "
             f"{_fmt(ratio, '.2f'):>6} {c.get('first_call_minus_steady_s', 0.0):>8.1f} {_fmt(aot):>8} "
-            f"{r['peak_rss_mib']:>8.0f} {_fmt(temp):>8}")
+            f"{_fmt(c.get('cached_s')):>8} {r['peak_rss_mib']:>8.0f} {_fmt(temp):>8}")
 
 
 def _cost_lines(results: list[dict]) -> list[str]:
@@ -102,7 +107,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"load average before/after: {report['load_before']} / {report['load_after']}",
         "",
         f"{'mode':<9} {'side':<6} {'variant':<22} {'batch':>5} {'img/s':>9} {'min-max':^17} {'sprd':>6} "
-        f"{'/timm':>6} {'jit1st s':>8} {'AOT s':>8} {'RSS MiB':>8} {'XLAtmp':>8}",
+        f"{'/timm':>6} {'jit1st s':>8} {'AOT s':>8} {'cached s':>8} {'RSS MiB':>8} {'XLAtmp':>8}",
     ]
     lines += [_row(r, summary) for r in results if r["mode"] != "loader"]
     lines += ["", "mv2jax best / timm best (images/s):"]
@@ -120,5 +125,6 @@ def format_report(report: dict[str, Any]) -> str:
     met = summary["targets_met"].items()
     lines += ["", "targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in met)]
     lines += ["columns: jit1st s = first call minus steady step (trace+compile); AOT s = lower()+compile() after "
-              "clearing caches; RSS = process high-water mark (fresh process per phase); XLAtmp = XLA temp buffers"]
+              "clearing caches; cached s = the same read from JAX's persistent compilation cache (what a rerun "
+              "pays); RSS = process high-water mark (fresh process per phase); XLAtmp = XLA temp buffers"]
     return "\n".join(lines)
