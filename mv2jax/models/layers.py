@@ -19,6 +19,7 @@ from mv2jax.models.ops import batch_norm_train, depthwise_conv, pointwise_conv
 
 ConvImpl = Literal["auto", "xla", "cpu"]
 CONV_IMPLS = ("auto", "xla", "cpu")
+RUNNING_STATS_FROM = ("mean", "first")  # BatchNormAct2d.running_stats_from: all stat groups' mean, or group 0's
 
 
 def resolve_conv_impl(conv_impl: str) -> str:
@@ -141,12 +142,11 @@ class BatchNormAct2d(nnx.Module):
         values each."""
         m = self.momentum
         unbiased = var * (n / max(n - 1, 1))
+        check_running_stats_from(self.running_stats_from)
         if self.running_stats_from == 'first':
             fed_mean, fed_var = mean[0], unbiased[0]
-        elif self.running_stats_from == 'mean':
-            fed_mean, fed_var = jnp.mean(mean, axis=0), jnp.mean(unbiased, axis=0)
         else:
-            raise ValueError(f"running_stats_from must be 'mean' or 'first', got {self.running_stats_from!r}")
+            fed_mean, fed_var = jnp.mean(mean, axis=0), jnp.mean(unbiased, axis=0)
         self.running_mean[...] = (1 - m) * self.running_mean[...] + m * fed_mean
         self.running_var[...] = (1 - m) * self.running_var[...] + m * fed_var
         self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
@@ -166,6 +166,11 @@ class BatchNormAct2d(nnx.Module):
         y, mean, var = batch_norm_train(xg, w, b, self.eps, self.apply_act)
         self._update_running_stats(mean, var, xg.shape[1] * xg.shape[2] * xg.shape[3])
         return y.reshape(x.shape).astype(out_dtype)
+
+
+def check_running_stats_from(value: str) -> None:
+    if value not in RUNNING_STATS_FROM:
+        raise ValueError(f"running_stats_from must be one of {RUNNING_STATS_FROM}, got {value!r}")
 
 
 def _stat_cast(x: jax.Array) -> jax.Array:

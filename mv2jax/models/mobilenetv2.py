@@ -13,7 +13,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mv2jax.models.arch import ArchConfig, BlockSpec, build_block_specs, feature_taps, head_size, stem_size
-from mv2jax.models.layers import BatchNormAct2d, Conv2d, DropPath, Linear, resolve_conv_impl
+from mv2jax.models.layers import (
+    BatchNormAct2d,
+    Conv2d,
+    DropPath,
+    Linear,
+    check_running_stats_from,
+    resolve_conv_impl,
+)
 
 POOL_TYPES = ("avg", "max", "avgmax", "catavgmax", "")
 
@@ -188,8 +195,7 @@ class MobileNetV2(nnx.Module):
         batch sharded over N devices, `groups=N` gives timm's per-GPU BatchNorm; 1 gives `--sync-bn`.
         `running_stats_from`: the running statistics follow the 'mean' over the groups (timm's `--dist-bn
         reduce`) or the 'first' group only (rank 0's: `--dist-bn broadcast`)."""
-        if running_stats_from not in ('mean', 'first'):
-            raise ValueError(f"running_stats_from must be 'mean' or 'first', got {running_stats_from!r}")
+        check_running_stats_from(running_stats_from)
         for _, module in nnx.iter_modules(self):
             if isinstance(module, BatchNormAct2d):
                 module.stat_groups = groups

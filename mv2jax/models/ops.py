@@ -19,14 +19,19 @@ import jax
 import jax.numpy as jnp
 
 
+def _tap(x: jax.Array, i: int, j: int, stride: int, out_h: int, out_w: int) -> jax.Array:
+    """x[:, i + s*h, j + s*w, :] for the `out_h x out_w` output positions: the input of kernel tap (i, j)."""
+    limit = (x.shape[0], i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, x.shape[3])
+    return jax.lax.slice(x, (0, i, j, 0), limit, (1, stride, stride, 1))
+
+
 def _taps(x: jax.Array, w: jax.Array, stride: int, out_h: int, out_w: int) -> jax.Array:
     """sum_ij x[:, i + s*h, j + s*w, :] * w[i, j]: the k*k shifted multiply-adds of a (padded) NHWC input."""
     k = w.shape[0]
     out = None
     for i in range(k):
         for j in range(k):
-            limit = (x.shape[0], i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, x.shape[3])
-            term = jax.lax.slice(x, (0, i, j, 0), limit, (1, stride, stride, 1)) * w[i, j]
+            term = _tap(x, i, j, stride, out_h, out_w) * w[i, j]
             out = term if out is None else out + term
     return out
 
@@ -78,13 +83,8 @@ def _depthwise_weight_grad(x: jax.Array, dy: jax.Array, k: int, stride: int, pad
 
     def taps(args):
         xi, dyi = _pad_hw(args[0], pad), args[1]
-        sums = []
-        for i in range(k):
-            for j in range(k):
-                limit = (chunk, i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1, c)
-                patch = jax.lax.slice(xi, (0, i, j, 0), limit, (1, stride, stride, 1))
-                sums.append(jnp.sum(patch * dyi, axis=(0, 1, 2)))
-        return jnp.stack(sums)
+        return jnp.stack([jnp.sum(_tap(xi, i, j, stride, oh, ow) * dyi, axis=(0, 1, 2))
+                          for i in range(k) for j in range(k)])
 
     chunks = (x.reshape(n // chunk, chunk, *x.shape[1:]), dy.reshape(n // chunk, chunk, *dy.shape[1:]))
     return jnp.sum(jax.lax.map(taps, chunks), axis=0).reshape(k, k, c)

@@ -27,6 +27,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from mv2jax.models.layers import check_running_stats_from
 from mv2jax.train.ema import ema_decay, ema_update
 from mv2jax.train.losses import label_smoothing_cross_entropy, soft_target_cross_entropy
 from mv2jax.train.mesh import batch_sharding, replicated, shard_train_state
@@ -61,8 +62,7 @@ class StepConfig:
             raise ValueError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
         if self.bn_stat_groups < 1:
             raise ValueError(f"bn_stat_groups must be >= 1, got {self.bn_stat_groups}")
-        if self.bn_running_stats not in ("mean", "first"):
-            raise ValueError(f"bn_running_stats must be 'mean' or 'first', got {self.bn_running_stats!r}")
+        check_running_stats_from(self.bn_running_stats)
 
 
 def train_loss(logits: jax.Array, batch: Batch, smoothing: float) -> jax.Array:

@@ -11,11 +11,11 @@ float64 by tests/train/test_sharding.py."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
 import numpy as np
+import portpicker
 
 from mv2jax.convert import read_orbax
 from tests.train.test_checkpoint import REPO, _env, final_state, leaves
@@ -32,12 +32,6 @@ LOSS_RTOL = 1e-5  # measured ~2e-6
 TOLS = {"['state']['model']": 1e-5, "['state']['ema']": 1e-5, "['opt_state']": 2e-3}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _train(output, name, *extra) -> list[subprocess.Popen]:
     cmd = [sys.executable, "train.py", *FLAGS, "--output", str(output), "--experiment", name, *extra]
     return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -45,7 +39,7 @@ def _train(output, name, *extra) -> list[subprocess.Popen]:
 
 def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_path):
     single = _train(tmp_path, "single", "-b", str(GLOBAL_BATCH))
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{portpicker.pick_unused_port()}"
     pair = [_train(tmp_path, "pair", "-b", str(GLOBAL_BATCH // 2), "--num-processes", "2", "--coordinator-address",
                    address, "--process-id", str(i)) for i in range(2)]
     for proc in [single, *pair]:
