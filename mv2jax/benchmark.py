@@ -1,11 +1,12 @@
 """python -m mv2jax.benchmark — mv2jax vs timm on this machine, in one run, on the same threads.
 
-Measures inference images/s (per batch size, fp32, every mv2jax `conv_impl` and timm eager / channels_last /
-torch.compile), the RA-recipe train step images/s, jit and torch.compile times, peak RSS and XLA's memory and
-cost analyses, and the data loader's images/s with the RA train transform on ImageNet-sized JPEGs (mv2jax's
-transform and grain loader vs timm's transform and DataLoader, next to the train step's images/s); prints a table
-and writes JSON (`--output`). Each phase (side x mode x variant) runs in a fresh subprocess so its RSS high-water
-mark and compile times are its own; phases run one after another. `--phases` picks some of them.
+Measures inference images/s (per batch size, fp32, every mv2jax `conv_impl`, the BatchNorm-folded
+`fuse_for_inference` network, and timm eager / channels_last / torch.compile), the RA-recipe train step images/s,
+jit and torch.compile times, peak RSS and XLA's memory and cost analyses, and the data loader's images/s with the
+RA train transform on ImageNet-sized JPEGs (mv2jax's transform and grain loader vs timm's transform and
+DataLoader, next to the train step's images/s); prints a table and writes JSON (`--output`). Each phase (side x
+mode x variant) runs in a fresh subprocess so its RSS high-water mark and compile times are its own; phases run
+one after another. `--phases` picks some of them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mv2jax.bench.report import format_report, summarize
 from mv2jax.bench.sample_jpegs import describe_image_folder, write_sample_jpegs
 
 CONV_IMPLS = ("cpu", "xla")
+FUSED_VARIANT = "fused"  # inference only: `fuse_for_inference` of the model (conv_impl 'auto')
 QUICK = dict(model="mobilenetv2_035", img_size=64, repeats=2, warmup=1, min_iters=2, target_run_s=0.0,
              loader=LoaderBench(images=8, sides=(48, 96), repeats=2))
 LOADER_VARIANT = "ra"  # the loader phases measure the RA recipe's train transform
@@ -52,6 +54,7 @@ def plan(args: argparse.Namespace) -> list[Phase]:
     """Every phase this run measures, mv2jax first, then the loader phases; only those `--phases` selects."""
     modes = ["inference"] + ([] if args.skip_train else ["train"])
     phases = [Phase("mv2jax", m, impl) for m in modes for impl in CONV_IMPLS]
+    phases.insert(len(CONV_IMPLS), Phase("mv2jax", "inference", FUSED_VARIANT))
     if not args.skip_timm:
         variants = ["eager", "channels_last", "channels_last_1thread"] + ([] if args.no_torch_compile else ["compile"])
         phases += [Phase("timm", m, v) for m in modes for v in variants]

@@ -32,7 +32,7 @@ from flax import nnx
 from mv2jax.convert import hub_weights, read_checkpoint, timm_to_mv2jax
 from mv2jax.data import create_dataset, create_loader, create_transform, resolve_data_config, to_global_batch
 from mv2jax.data.datasets import DATASET_NAMES_HELP
-from mv2jax.models import MobileNetV2, create_model
+from mv2jax.models import MobileNetV2, create_model, fuse_for_inference
 from mv2jax.models.layers import CONV_IMPLS
 from mv2jax.train.losses import label_smoothing_cross_entropy
 from mv2jax.train.mesh import create_mesh, replicated
@@ -199,13 +199,16 @@ class Predictions:
 
 def make_predict_fn(model: MobileNetV2, mesh: jax.sharding.Mesh, image_shape: Sequence[int]) -> Callable:
     """Compile `batch -> {'topk': int32 [B, k], 'loss': f32 [B]}` for NHWC float32 images of `image_shape`
-    ([B, H, W, C], B split over the mesh's `data` axis); weights replicated and bound in."""
-    graphdef, state = nnx.split(model)
-    state = jax.device_put(state, replicated(mesh))
+    ([B, H, W, C], B split over the mesh's `data` axis); weights replicated and bound in.
+
+    Runs the BatchNorm-folded network (`fuse_for_inference`: the same logits to float32 rounding, ~2x faster on
+    CPU), looping over small groups of images only on one device (a loop would cut across a sharded batch)."""
+    net = fuse_for_inference(model, batch_chunk=None if mesh.devices.size == 1 else 0)
+    params = jax.device_put(net.params, replicated(mesh))
     k = min(TOPK, model.num_classes)
 
-    def predict(state, images, labels):
-        logits = nnx.merge(graphdef, state)(images).astype(jnp.float32)
+    def predict(params, images, labels):
+        logits = net.apply(params, images).astype(jnp.float32)
         loss = label_smoothing_cross_entropy(logits, labels, 0.0, reduction="none")
         return {"topk": jax.lax.top_k(logits, k)[1], "loss": loss}
 
@@ -213,10 +216,11 @@ def make_predict_fn(model: MobileNetV2, mesh: jax.sharding.Mesh, image_shape: Se
     images = jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32, sharding=batch)
     labels = jax.ShapeDtypeStruct(tuple(image_shape[:1]), jnp.int32, sharding=batch)
     start = time.time()
-    compiled = jax.jit(predict, out_shardings=replicated(mesh)).lower(state, images, labels).compile()
+    jitted = jax.jit(predict, out_shardings=replicated(mesh), compiler_options=net.compiler_options)
+    compiled = jitted.lower(params, images, labels).compile()
     _logger.info("Compiled the eval forward for %s on %d device(s) in %.1fs", tuple(image_shape),
                  mesh.devices.size, time.time() - start)
-    return lambda b: compiled(state, b["image"], b["label"])
+    return lambda b: compiled(params, b["image"], b["label"])
 
 
 class _Meters:

@@ -21,6 +21,7 @@ from flax import nnx
 import mv2jax
 from mv2jax.bench.common import MIB, BenchConfig, peak_rss_mib, time_calls
 from mv2jax.compile_cache import enable_compile_cache
+from mv2jax.models import fuse_for_inference
 from mv2jax.models.layers import resolve_conv_impl
 from mv2jax.train.optim import create_optimizer
 
@@ -95,16 +96,34 @@ def _record(mode: str, conv_impl: str, batch: int, call: Callable[[], Any], cfg:
     }
 
 
-def inference_phase(cfg: BenchConfig, conv_impl: str) -> list[dict[str, Any]]:
-    """Eval-mode logits of `cfg.model` for each batch size, as one jitted pure function of (state, images)."""
-    model = mv2jax.create_model(cfg.model, conv_impl=conv_impl, num_classes=cfg.num_classes).eval()
+def _inference_fn(cfg: BenchConfig, variant: str) -> tuple[Callable, Any, str, int]:
+    """(jitted pure function of (weights, images), weights, conv_impl, images per loop iteration (0: no loop))
+    for a conv_impl or the fused network."""
+    fused = variant == "fused"
+    model = mv2jax.create_model(cfg.model, conv_impl="auto" if fused else variant, num_classes=cfg.num_classes)
+    model.eval()
+    if fused:
+        net = fuse_for_inference(model)
+        return (jax.jit(net.apply, compiler_options=net.compiler_options), net.params, net.spec.conv_impl,
+                net.batch_chunk)
     graphdef, state = nnx.split(model)
-    forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+    return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)), state, variant, 0
+
+
+def inference_phase(cfg: BenchConfig, variant: str) -> list[dict[str, Any]]:
+    """Eval-mode logits of `cfg.model` for each batch size, as one jitted pure function of (weights, images):
+    the NNX module with conv_impl `variant`, or (`variant='fused'`) the BatchNorm-folded network."""
+    forward, state, conv_impl, chunk_loop = _inference_fn(cfg, variant)
     results = []
     for batch in sorted(cfg.batch_sizes):
         x = _images(cfg, batch)
         result = _record("inference", conv_impl, batch, lambda x=x: forward(state, x).block_until_ready(), cfg)
+        if variant == "fused":
+            result["variant"] = f"fused conv_impl={conv_impl}"
         result["compile"].update(xla_analysis(forward, state, x, batch=batch))
+        if variant == "fused" and chunk_loop and batch > chunk_loop:
+            # XLA's cost analysis counts a loop body once, not per iteration: per-image figures would be wrong
+            result["compile"].pop("cost_per_image", None)
         result["compile"]["cached_s"] = cached_compile_s(forward, state, x)
         results.append(result)
     return results

@@ -122,6 +122,18 @@ def global_pool_2d(x: jax.Array, pool_type: str) -> jax.Array:
     return jnp.concatenate([avg, mx], axis=-1)
 
 
+def check_input(x, in_chans: int) -> jax.Array:
+    """`x` as a jax array if it is an NHWC float batch with `in_chans` channels; else a one-line ValueError."""
+    if x.ndim != 4:
+        raise ValueError(f"expected an NHWC batch [B, H, W, {in_chans}], got shape {tuple(x.shape)}")
+    if x.shape[-1] != in_chans:
+        hint = " (it looks NCHW: transpose with x.transpose(0, 2, 3, 1))" if x.shape[1] == in_chans else ""
+        raise ValueError(f"expected NHWC input with {in_chans} channels last, got shape {tuple(x.shape)}{hint}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"expected a float image batch, got dtype {x.dtype}: normalise it first")
+    return jnp.asarray(x)
+
+
 class MobileNetV2(nnx.Module):
     """timm's EfficientNet class as configured for MobileNetV2 (or EfficientNetFeatures when
     `features_only`). Created in train mode like a PyTorch module: call `.eval()` for inference."""
@@ -211,16 +223,7 @@ class MobileNetV2(nnx.Module):
         return self
 
     def _check_input(self, x) -> jax.Array:
-        if x.ndim != 4:
-            raise ValueError(f"expected an NHWC batch [B, H, W, {self.in_chans}], got shape {tuple(x.shape)}")
-        if x.shape[-1] != self.in_chans:
-            hint = " (it looks NCHW: transpose with x.transpose(0, 2, 3, 1))" if x.shape[1] == self.in_chans else ""
-            raise ValueError(
-                f"expected NHWC input with {self.in_chans} channels last, got shape {tuple(x.shape)}{hint}"
-            )
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise ValueError(f"expected a float image batch, got dtype {x.dtype}: normalise it first")
-        return jnp.asarray(x)
+        return check_input(x, self.in_chans)
 
     def _stem(self, x) -> jax.Array:
         return self.bn1(self.conv_stem(self._check_input(x)))
