@@ -147,9 +147,13 @@ class BatchNormAct2d(nnx.Module):
             fed_mean, fed_var = mean[0], unbiased[0]
         else:
             fed_mean, fed_var = jnp.mean(mean, axis=0), jnp.mean(unbiased, axis=0)
-        self.running_mean[...] = (1 - m) * self.running_mean[...] + m * fed_mean
-        self.running_var[...] = (1 - m) * self.running_var[...] + m * fed_var
-        self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
+        # set_value, not `var[...] = `: under a trace the latter compares shardings, and asking a tracer for its
+        # sharding builds an error message that walks the whole jaxpr so far (~1 s of a train step's trace)
+        stats = ((self.running_mean, (1 - m) * self.running_mean[...] + m * fed_mean),
+                 (self.running_var, (1 - m) * self.running_var[...] + m * fed_var),
+                 (self.num_batches_tracked, self.num_batches_tracked[...] + 1))
+        for var, value in stats:
+            var.set_value(value.astype(var.dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         out_dtype = self.dtype or x.dtype

@@ -76,15 +76,19 @@ def _depthwise_weight_grad(x: jax.Array, dy: jax.Array, k: int, stride: int, pad
     """dw[i, j] = sum over n, h, w of the (i, j) tap's (padded) input times dy: `[k, k, C]`.
 
     Over the whole batch at once XLA writes each tap's product out and reads it back (9 passes over memory); a
-    loop over pairs of examples keeps each pair's activations in cache across the 9 taps (~2.5x faster), and
-    pads each pair there rather than copying the whole padded batch."""
+    loop over pairs of examples keeps each pair's activations in cache, pads each pair there rather than copying
+    the whole padded batch, and one variadic reduce sums all k*k products in a single pass (one fusion: ~2x
+    faster to run and to compile than k*k separate reductions)."""
     n, oh, ow, c = dy.shape
     chunk = 2 if n % 2 == 0 else 1
 
     def taps(args):
         xi, dyi = _pad_hw(args[0], pad), args[1]
-        return jnp.stack([jnp.sum(_tap(xi, i, j, stride, oh, ow) * dyi, axis=(0, 1, 2))
-                          for i in range(k) for j in range(k)])
+        products = tuple(_tap(xi, i, j, stride, oh, ow) * dyi for i in range(k) for j in range(k))
+        zeros = tuple(jnp.zeros((), dy.dtype) for _ in products)
+        sums = jax.lax.reduce(products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True)),
+                              (0, 1, 2))
+        return jnp.stack(sums)
 
     chunks = (x.reshape(n // chunk, chunk, *x.shape[1:]), dy.reshape(n // chunk, chunk, *dy.shape[1:]))
     return jnp.sum(jax.lax.map(taps, chunks), axis=0).reshape(k, k, c)

@@ -85,7 +85,11 @@ def _forward_loss(params, batch_stats, rng_state, batch: Batch, graphdef: nnx.Gr
 
 
 def _global_norm(tree) -> jax.Array:
-    return optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree))
+    """L2 norm of all leaves together, float32. One reduction over the concatenated leaves: per-leaf sums (as
+    optax.tree.norm) are ~4 XLA fusions per leaf, ~600 for the two norms of a step, ~2 s of its compile."""
+    leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)]
+    flat = jnp.concatenate(leaves) if leaves else jnp.zeros((0,), jnp.float32)
+    return jnp.sqrt(jnp.sum(jnp.square(flat)))
 
 
 def train_step(
