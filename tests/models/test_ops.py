@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mv2jax.models import ops
 from mv2jax.models.ops import batch_norm_train, depthwise_conv, pointwise_conv
 
 TOL = 1e-12  # float64; measured 0 to ~1e-15 relative
@@ -24,9 +25,12 @@ def _grads(f, args, cotangent_seed=0):
     return out, jax.grad(lambda *a: jnp.sum(f(*a) * c), argnums=tuple(range(len(args))))(*args)
 
 
+@pytest.mark.parametrize("loop", [False, True], ids=["whole-batch", "pair-loop"])
 @pytest.mark.parametrize("shape,stride", [((2, 9, 7, 5), 1), ((2, 9, 7, 5), 2), ((3, 8, 10, 4), 2),
-                                          ((1, 5, 5, 3), 1)])
-def test_depthwise_conv_value_and_gradients_equal_lax_conv(shape, stride):
+                                          ((1, 5, 5, 3), 1), ((4, 6, 6, 2), 1)])
+def test_depthwise_conv_value_and_gradients_equal_lax_conv(shape, stride, loop, monkeypatch):
+    # both weight-gradient paths: whole batch (small layers) and the loop over pairs (odd batches: singles)
+    monkeypatch.setattr(ops, "LOOP_MIN_ELEMENTS", 0 if loop else ops.LOOP_MIN_ELEMENTS)
     with jax.enable_x64(True):
         rng = np.random.default_rng(1)
         x = jnp.asarray(rng.standard_normal(shape))
