@@ -7,6 +7,7 @@ timm's, so a flat NNX state path joined with dots is the timm state-dict key.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -140,20 +141,13 @@ class BatchNormAct2d(nnx.Module):
     def _update_running_stats(self, mean: jax.Array, var: jax.Array, n: int) -> None:
         """PyTorch's running-average update from the per-group batch mean and biased variance `[G, C]` of `n`
         values each."""
-        m = self.momentum
-        unbiased = var * (n / max(n - 1, 1))
         check_running_stats_from(self.running_stats_from)
-        if self.running_stats_from == 'first':
-            fed_mean, fed_var = mean[0], unbiased[0]
-        else:
-            fed_mean, fed_var = jnp.mean(mean, axis=0), jnp.mean(unbiased, axis=0)
+        stats = (self.running_mean, self.running_var, self.num_batches_tracked)
+        new = _running_stats_update(*(v[...] for v in stats), mean, var, n, self.momentum, self.running_stats_from)
         # set_value, not `var[...] = `: under a trace the latter compares shardings, and asking a tracer for its
         # sharding builds an error message that walks the whole jaxpr so far (~1 s of a train step's trace)
-        stats = ((self.running_mean, (1 - m) * self.running_mean[...] + m * fed_mean),
-                 (self.running_var, (1 - m) * self.running_var[...] + m * fed_var),
-                 (self.num_batches_tracked, self.num_batches_tracked[...] + 1))
-        for var, value in stats:
-            var.set_value(value.astype(var.dtype))
+        for variable, value in zip(stats, new, strict=True):
+            variable.set_value(value)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         out_dtype = self.dtype or x.dtype
@@ -170,6 +164,20 @@ class BatchNormAct2d(nnx.Module):
         y, mean, var = batch_norm_train(xg, w, b, self.eps, self.apply_act)
         self._update_running_stats(mean, var, xg.shape[1] * xg.shape[2] * xg.shape[3])
         return y.reshape(x.shape).astype(out_dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(5, 6, 7))
+def _running_stats_update(running_mean, running_var, num_batches_tracked, mean, var, n: int, momentum: float,
+                          running_stats_from: str):
+    """(running_mean, running_var, num_batches_tracked) after one update; jitted to trace once per shape."""
+    unbiased = var * (n / max(n - 1, 1))
+    if running_stats_from == 'first':
+        fed_mean, fed_var = mean[0], unbiased[0]
+    else:
+        fed_mean, fed_var = jnp.mean(mean, axis=0), jnp.mean(unbiased, axis=0)
+    m = momentum
+    return (((1 - m) * running_mean + m * fed_mean).astype(running_mean.dtype),
+            ((1 - m) * running_var + m * fed_var).astype(running_var.dtype), num_batches_tracked + 1)
 
 
 def check_running_stats_from(value: str) -> None:

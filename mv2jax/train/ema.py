@@ -48,8 +48,10 @@ def ema_decay(
     return jnp.where(s <= 0, 0.0, d)
 
 
+@jax.jit
 def _lerp(ema: jax.Array, new: jax.Array, weight: Any) -> jax.Array:
-    # torch.lerp's two-sided formula (exact endpoint at weight 1, i.e. decay 0)
+    # torch.lerp's two-sided formula (exact endpoint at weight 1, i.e. decay 0). Jitted: traced once per leaf
+    # shape, not once per leaf.
     new = new.astype(ema.dtype)
     w = jnp.asarray(weight, ema.dtype)
     return jnp.where(jnp.abs(w) < 0.5, ema + w * (new - ema), new - (new - ema) * (1 - w))
