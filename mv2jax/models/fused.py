@@ -5,13 +5,16 @@ pair becomes one convolution with a bias (`w * gamma / sqrt(var + eps)`, `beta -
 computed in float64 on the host, then cast to the parameter dtype), so a forward pass is a conv, a bias add and
 a ReLU6 per layer, and the jitted call takes ~100 plain arrays instead of the module's ~300 NNX variables.
 
-On CPU (`conv_impl='cpu'`) it also: runs the stem as an im2col matmul (XLA's dense 3x3 conv with 3 input
-channels is ~3x slower), and runs a batch as a loop over groups of `batch_chunk` images, so that each group's
-activations (the 6x-expanded ones included) stay in cache from one layer to the next instead of streaming the
-whole batch through memory at every layer; and compiles with XLA's own matmul emitter instead of its default
-YNNPACK dot fusions, which are slower on these small matmuls (measured on this network: ~1.1x at batch 1,
-~1.15x at batch 32). With `conv_impl='xla'` (accelerators) every conv is `lax.conv_general_dilated`, the batch is
-processed at once and the compiler keeps its defaults.
+On CPU (`conv_impl='cpu'`) it also:
+- runs the stem as 27 broadcast multiply-adds in one fusion (XLA's dense 3x3 conv with 3 input channels is ~2x
+  slower, an im2col matmul ~2.5x at batch 1);
+- runs a batch as a loop over groups of `batch_chunk` images, so that each group's activations (the 6x-expanded
+  ones included) stay in cache from one layer to the next instead of streaming the whole batch through memory
+  at every layer;
+- compiles with XLA's own matmul emitter instead of its default YNNPACK dot fusions, which are slower on these
+  small matmuls (measured on this network: ~1.05x at batch 1, ~1.1x at batch 32).
+With `conv_impl='xla'` (accelerators) every conv is `lax.conv_general_dilated`, the batch is processed at once
+and the compiler keeps its defaults.
 
 Outputs equal the module's eval-mode outputs to float32 rounding (tests/models/test_fused.py checks both
 against timm in float64).
@@ -86,11 +89,16 @@ def _conv(x: jax.Array, p: Params, spec: ConvSpec, impl: str) -> jax.Array:
         y = _depthwise_forward(x, w[:, :, 0], s, pad)
     elif impl == "cpu" and k == 1:
         y = jnp.einsum("nhwc,cd->nhwd", x[:, ::s, ::s, :] if s > 1 else x, w[0, 0])
-    elif impl == "cpu" and x.shape[-1] * k * k <= 64:  # the stem: im2col, one matmul over the k*k*C taps
+    elif impl == "cpu" and x.shape[-1] * k * k <= 64:  # the stem: k*k*C_in broadcast multiply-adds, one fusion
         xp = _pad_hw(x, pad)
         oh, ow = (xp.shape[1] - k) // s + 1, (xp.shape[2] - k) // s + 1
-        cols = jnp.concatenate([_tap(xp, i, j, s, oh, ow) for i in range(k) for j in range(k)], axis=-1)
-        y = jnp.einsum("nhwk,kd->nhwd", cols, w.reshape(-1, w.shape[-1]))
+        y = None
+        for i in range(k):
+            for j in range(k):
+                tap = _tap(xp, i, j, s, oh, ow)
+                for c in range(x.shape[-1]):
+                    term = tap[..., c:c + 1] * w[i, j, c]
+                    y = term if y is None else y + term
     else:
         y = jax.lax.conv_general_dilated(x, w, (s, s), ((pad, pad), (pad, pad)),
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"),
