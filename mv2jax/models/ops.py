@@ -85,10 +85,12 @@ def _depthwise_weight_grad(x: jax.Array, dy: jax.Array, k: int, stride: int, pad
     padded batch (~2x faster there); small layers reduce the whole batch at once (no loop to compile)."""
     n, oh, ow, c = dy.shape
 
+    acc = jnp.promote_types(jnp.float32, dy.dtype)  # bf16 activations: products and sums in float32
+
     def taps(xi, dyi):
-        xi = _pad_hw(xi, pad)
+        xi, dyi = _pad_hw(xi, pad).astype(acc), dyi.astype(acc)
         products = tuple(_tap(xi, i, j, stride, oh, ow) * dyi for i in range(k) for j in range(k))
-        zeros = tuple(jnp.zeros((), dy.dtype) for _ in products)
+        zeros = tuple(jnp.zeros((), acc) for _ in products)
         sums = jax.lax.reduce(products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True)),
                               (1, 2))
         return jnp.sum(jnp.stack(sums), axis=1)
