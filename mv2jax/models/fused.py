@@ -92,13 +92,11 @@ def _conv(x: jax.Array, p: Params, spec: ConvSpec, impl: str) -> jax.Array:
     elif impl == "cpu" and x.shape[-1] * k * k <= 64:  # the stem: k*k*C_in broadcast multiply-adds, one fusion
         xp = _pad_hw(x, pad)
         oh, ow = (xp.shape[1] - k) // s + 1, (xp.shape[2] - k) // s + 1
-        y = None
-        for i in range(k):
-            for j in range(k):
-                tap = _tap(xp, i, j, s, oh, ow)
-                for c in range(x.shape[-1]):
-                    term = tap[..., c:c + 1] * w[i, j, c]
-                    y = term if y is None else y + term
+        terms = [_tap(xp, i, j, s, oh, ow)[..., c:c + 1] * w[i, j, c]
+                 for i in range(k) for j in range(k) for c in range(x.shape[-1])]
+        while len(terms) > 1:  # pairwise sum: float32 error grows with log2(27), not 27, as in a dot
+            terms = [a + b for a, b in zip(terms[::2], terms[1::2], strict=False)] + terms[len(terms) // 2 * 2:]
+        y = terms[0]
     else:
         y = jax.lax.conv_general_dilated(x, w, (s, s), ((pad, pad), (pad, pad)),
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"),
