@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mv2jax.models.layers import BatchNormAct2d, Conv2d
+from mv2jax.models.layers import BatchNormAct2d, Conv2d, conv2d
 from mv2jax.models.mobilenetv2 import InvertedResidual, MobileNetV2, check_input, global_pool_2d
-from mv2jax.models.ops import _depthwise_forward, _pad_hw, _tap
+from mv2jax.models.ops import _pad_hw, _tap
 
 Params = dict[str, Any]
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}  # no YNNPACK fusions: XLA emits the dots
@@ -85,11 +85,7 @@ def _block_layers(block) -> list[tuple[Conv2d, BatchNormAct2d]]:
 def _conv(x: jax.Array, p: Params, spec: ConvSpec, impl: str) -> jax.Array:
     w, b = p["weight"].astype(x.dtype), p["bias"].astype(x.dtype)
     k, s, pad = spec.kernel_size, spec.stride, spec.padding
-    if impl == "cpu" and spec.depthwise:
-        y = _depthwise_forward(x, w[:, :, 0], s, pad)
-    elif impl == "cpu" and k == 1:
-        y = jnp.einsum("nhwc,cd->nhwd", x[:, ::s, ::s, :] if s > 1 else x, w[0, 0])
-    elif impl == "cpu" and x.shape[-1] * k * k <= 64:  # the stem: k*k*C_in broadcast multiply-adds, one fusion
+    if impl == "cpu" and not spec.depthwise and k > 1 and x.shape[-1] * k * k <= 64:  # the stem: k*k*C_in FMAs
         xp = _pad_hw(x, pad)
         oh, ow = (xp.shape[1] - k) // s + 1, (xp.shape[2] - k) // s + 1
         terms = [_tap(xp, i, j, s, oh, ow)[..., c:c + 1] * w[i, j, c]
@@ -98,9 +94,7 @@ def _conv(x: jax.Array, p: Params, spec: ConvSpec, impl: str) -> jax.Array:
             terms = [a + b for a, b in zip(terms[::2], terms[1::2], strict=False)] + terms[len(terms) // 2 * 2:]
         y = terms[0]
     else:
-        y = jax.lax.conv_general_dilated(x, w, (s, s), ((pad, pad), (pad, pad)),
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                         feature_group_count=x.shape[-1] if spec.depthwise else 1)
+        y = conv2d(x, w, s, pad, x.shape[-1] if spec.depthwise else 1, impl)
     y = y + b
     return jnp.clip(y, 0.0, 6.0) if spec.relu6 else y
 
@@ -173,11 +167,12 @@ def fuse_for_inference(model: MobileNetV2, *, batch_chunk: int | None = None) ->
     if batch_chunk is None:
         batch_chunk = 2 if impl == "cpu" else 0
     pdtype = np.dtype(model.param_dtype)
-    blocks = [_block_layers(b) for stage in model.blocks for b in stage]
+    modules = [b for stage in model.blocks for b in stage]
+    blocks = [_block_layers(b) for b in modules]
     spec = FusedSpec(
         stem=_spec(model.conv_stem, model.bn1),
         blocks=tuple((tuple(_spec(c, n) for c, n in layers), b.has_skip)
-                     for layers, b in zip(blocks, (b for stage in model.blocks for b in stage), strict=True)),
+                     for layers, b in zip(blocks, modules, strict=True)),
         head=_spec(model.conv_head, model.bn2), global_pool=model.global_pool,
         has_classifier=model.classifier is not None, conv_impl=impl, dtype=model.dtype or pdtype)
     params: Params = {

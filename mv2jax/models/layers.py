@@ -85,22 +85,26 @@ class Conv2d(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         w = self.weight[...]
         dtype = self.dtype or jnp.result_type(x, w)
-        x, w = x.astype(dtype), w.astype(dtype)
-        if self.conv_impl == "cpu":
-            if self.kernel_size == 1 and self.groups == 1:
-                stride = self.stride
-                return pointwise_conv(x[:, ::stride, ::stride, :] if stride > 1 else x, w[0, 0])
-            if self.is_depthwise:
-                return depthwise_conv(x, w[:, :, 0], self.stride, self.padding)
-        pad = self.padding
-        return jax.lax.conv_general_dilated(
-            x,
-            w,
-            window_strides=(self.stride, self.stride),
-            padding=((pad, pad), (pad, pad)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=self.groups,
-        )
+        return conv2d(x.astype(dtype), w.astype(dtype), self.stride, self.padding, self.groups, self.conv_impl)
+
+
+def conv2d(x: jax.Array, w: jax.Array, stride: int, padding: int, groups: int, conv_impl: str) -> jax.Array:
+    """NHWC `x` convolved with HWIO `w` (symmetric zero `padding`). With conv_impl 'cpu' a 1x1 convolution is a
+    matmul and a depthwise one k*k shifted multiply-adds (`mv2jax.models.ops`, hand-written gradients); anything
+    else, or conv_impl 'xla', is `lax.conv_general_dilated`."""
+    if conv_impl == "cpu":
+        if w.shape[0] == w.shape[1] == 1 and groups == 1:
+            return pointwise_conv(x[:, ::stride, ::stride, :] if stride > 1 else x, w[0, 0])
+        if 1 < groups == x.shape[-1] == w.shape[-1]:
+            return depthwise_conv(x, w[:, :, 0], stride, padding)
+    return jax.lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
 
 
 class BatchNormAct2d(nnx.Module):
