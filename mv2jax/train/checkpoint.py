@@ -188,6 +188,7 @@ class TrainCheckpointer:
             "data": ocp.args.JsonRestore(),
         }
         if restore_opt:
+            self._check_opt_state(step, template.opt_state)
             items["opt_state"] = ocp.args.StandardRestore(_abstract(template.opt_state))
         got = self.manager.restore(step, args=ocp.args.Composite(**items))
         model = got["state"]["model"]
@@ -203,6 +204,17 @@ class TrainCheckpointer:
         if not restore_opt:
             state = set_step(state, int(jax.device_get(state.step)))
         return Restored(state, meta, dict(got["data"]) if got.get("data") else None)
+
+    def _check_opt_state(self, step: int, opt_state: PyTree) -> None:
+        """One-line error if the saved optimizer state's arrays (shapes and dtypes, in any order) are not those of
+        `opt_state`: another optimizer, or a checkpoint from before the packed optimizer state."""
+        saved = self.manager.item_metadata(step)["opt_state"]
+        describe = lambda leaves: sorted((tuple(x.shape), str(jnp.dtype(x.dtype))) for x in leaves)
+        if describe(jax.tree.leaves(saved)) != describe(jax.tree.leaves(_abstract(opt_state))):
+            raise ValueError(
+                f"checkpoint step {step}: its optimizer state does not fit this optimizer (another --opt or model, "
+                f"or saved by an mv2jax before the packed optimizer state): resume with --no-resume-opt to restore "
+                f"the weights, EMA and step with a fresh optimizer state")
 
     def wait(self) -> None:
         """Block until pending async saves are committed."""

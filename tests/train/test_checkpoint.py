@@ -105,6 +105,23 @@ def test_restore_without_optimizer_state_keeps_a_fresh_one_at_the_saved_update_c
     ckpt.close()
 
 
+def test_an_optimizer_state_of_another_layout_is_refused_in_one_line_and_no_resume_opt_restores(tmp_path):
+    """A checkpoint whose optimizer state is shaped per parameter (`pack=False`, as mv2jax saved before packing)
+    does not restore into a packed optimizer: a one-line ValueError names --no-resume-opt, which then works."""
+    ckpt = TrainCheckpointer(tmp_path / "checkpoints")
+    state, _ = tiny_state(seed=1, step=3)
+    per_leaf = create_optimizer("rmsproptf", 0.1, eps=1e-3, pack=False)
+    ckpt.save(state.replace(opt_state=per_leaf.init(state.params)), meta={}, data_state=None)
+    ckpt.wait()
+    template, _ = tiny_state(seed=2, step=0)
+    with pytest.raises(ValueError, match="optimizer state does not fit this optimizer.*--no-resume-opt") as err:
+        ckpt.restore(3, template)
+    assert "\n" not in str(err.value)
+    restored = ckpt.restore(3, template, restore_opt=False).state
+    assert_trees_equal(restored.params, state.params)
+    ckpt.close()
+
+
 @pytest.mark.parametrize("metric, higher, values, best", [
     ("top1", True, [50.0, 90.0, 60.0, 70.0, 65.0], 2),
     ("loss", False, [0.5, 0.1, 0.3, 0.4, 0.2], 2),

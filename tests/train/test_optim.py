@@ -12,7 +12,7 @@ import torch
 from timm.optim import create_optimizer_v2
 from timm.utils import dispatch_clip_grad
 
-from mv2jax.train.optim import create_optimizer, rmsprop_tf, weight_decay_mask
+from mv2jax.train.optim import PackedState, create_optimizer, rmsprop_tf, weight_decay_mask
 
 N_STEPS = 20
 WEIGHT_DECAY = 0.05  # large, so a wrongly decayed (or undecayed) parameter shows
@@ -172,7 +172,8 @@ def test_each_rmsprop_tf_detail_is_detected(change):
     ('rmsproptf', dict(eps=1e-3), (0.05, 'norm')),  # train.py --clip-grad (clips most steps at this scale)
     ('sgd', dict(), (0.003, 'value')),
 ])
-def test_create_optimizer_matches_timm_factory(opt, kwargs, clip):
+@pytest.mark.parametrize('pack', [True, False])
+def test_create_optimizer_matches_timm_factory(opt, kwargs, clip, pack):
     model = tiny_model()
     params, grads, lrs = random_problem(model)
     optimizer = create_optimizer_v2(model, opt, lr=0.01, weight_decay=WEIGHT_DECAY, **kwargs)
@@ -180,7 +181,7 @@ def test_create_optimizer_matches_timm_factory(opt, kwargs, clip):
     with jax.enable_x64(True):
         clip_args = dict(clip_grad=clip[0], clip_mode=clip[1]) if clip else {}
         tx = create_optimizer(opt, schedule_of(lrs), weight_decay=WEIGHT_DECAY,
-                              no_weight_decay=model.no_weight_decay(), **kwargs, **clip_args)
+                              no_weight_decay=model.no_weight_decay(), pack=pack, **kwargs, **clip_args)
         got = run_optax(tx, params, grads)
     err = max_rel_err(got, expected, params)
     assert err < 1e-10, err
@@ -200,3 +201,19 @@ def test_unknown_optimizer_and_clip_mode_raise():
         create_optimizer('lookahead_rmsproptf', 0.1)
     with pytest.raises(ValueError):
         create_optimizer('sgd', 0.1, clip_grad=1.0, clip_mode='agc')
+
+
+def test_packed_state_is_two_vectors_and_its_offsets():
+    """The default (packed) optimizer keeps its buffers as one vector per weight-decay group, with constant
+    int32 offsets of each leaf; a parameter tree it was not initialised for is refused."""
+    params = {'a': jnp.ones((3, 2)), 'b': jnp.ones((4,)), 'c': jnp.ones((1, 1, 2, 5))}
+    tx = create_optimizer('rmsproptf', 0.1, weight_decay=1e-5, eps=1e-3)
+    state = tx.init(params)
+    assert isinstance(state, PackedState)
+    nu = optax.tree_utils.tree_get(state, 'nu')
+    assert {k: v.shape for k, v in nu.items()} == {'decay': (16,), 'no_decay': (4,)}  # 'b' is 1-D: no decay
+    assert [int(o) for o in state.offsets] == [0, 0, 6]
+    updates, state = jax.jit(tx.update)(params, state, params)
+    assert jax.tree.map(jnp.shape, updates) == jax.tree.map(jnp.shape, params)
+    with pytest.raises(ValueError, match='initialise the optimizer with these parameters'):
+        tx.update({'a': params['a']}, state, {'a': params['a']})
