@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mv2jax.models.ops import batch_norm_train, depthwise_conv, pointwise_conv
+from mv2jax.models.ops import batch_norm_train, depthwise_conv, patches, pointwise_conv
 
 ConvImpl = Literal["auto", "xla", "cpu"]
 CONV_IMPLS = ("auto", "xla", "cpu")
@@ -90,13 +90,16 @@ class Conv2d(nnx.Module):
 
 def conv2d(x: jax.Array, w: jax.Array, stride: int, padding: int, groups: int, conv_impl: str) -> jax.Array:
     """NHWC `x` convolved with HWIO `w` (symmetric zero `padding`). With conv_impl 'cpu' a 1x1 convolution is a
-    matmul and a depthwise one k*k shifted multiply-adds (`mv2jax.models.ops`, hand-written gradients); anything
-    else, or conv_impl 'xla', is `lax.conv_general_dilated`."""
+    matmul, a depthwise one k*k shifted multiply-adds and a dense k x k one a matmul of im2col patches
+    (`mv2jax.models.ops`, hand-written gradients); other grouped convolutions, or conv_impl 'xla', are
+    `lax.conv_general_dilated`."""
     if conv_impl == "cpu":
         if w.shape[0] == w.shape[1] == 1 and groups == 1:
             return pointwise_conv(x[:, ::stride, ::stride, :] if stride > 1 else x, w[0, 0])
         if 1 < groups == x.shape[-1] == w.shape[-1]:
             return depthwise_conv(x, w[:, :, 0], stride, padding)
+        if groups == 1:  # the stem: XLA's convolution is ~10x slower than im2col and a matmul here
+            return pointwise_conv(patches(x, w.shape[0], stride, padding), w.reshape(-1, w.shape[-1]))
     return jax.lax.conv_general_dilated(
         x,
         w,

@@ -40,27 +40,38 @@ def _pad_hw(x: jax.Array, pad: int) -> jax.Array:
     return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
 
 
-def _depthwise_forward(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:
+def _depthwise_padded(xp: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     k = w.shape[0]
-    xp = _pad_hw(x, pad)
     return _taps(xp, w, stride, (xp.shape[1] - k) // stride + 1, (xp.shape[2] - k) // stride + 1)
+
+
+def patches(x: jax.Array, k: int, stride: int, pad: int) -> jax.Array:
+    """im2col: `[N, OH, OW, k*k*C]`, the k x k window of every output position (zero padding `pad`), ordered
+    (row, column, channel) as a flattened HWIO kernel's inputs. A dense convolution is then one matmul."""
+    xp = _pad_hw(x, pad)
+    out_h, out_w = (xp.shape[1] - k) // stride + 1, (xp.shape[2] - k) // stride + 1
+    return jnp.concatenate([_tap(xp, i, j, stride, out_h, out_w) for i in range(k) for j in range(k)], axis=-1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def depthwise_conv(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:
     """Depthwise k x k convolution, symmetric zero padding `pad`. x: `[N, H, W, C]`, w: `[k, k, C]`."""
-    return _depthwise_forward(x, w, stride, pad)
+    return _depthwise_padded(_pad_hw(x, pad), w, stride)
 
 
 def _depthwise_fwd(x, w, stride, pad):
-    return _depthwise_forward(x, w, stride, pad), (x, w)
+    # The padded input is the residual: the pad then is the only consumer of x, so XLA writes the producer's
+    # output (BatchNorm + ReLU6) straight into the padded buffer, and the backward need not pad again. The
+    # barrier keeps XLA from computing that producer a second time into the residual's (loop-chunked) layout.
+    xp = jax.lax.optimization_barrier(_pad_hw(x, pad))
+    return _depthwise_padded(xp, w, stride), (xp, w)
 
 
 def _depthwise_bwd(stride, pad, res, dy):
-    x, w = res
+    xp, w = res
     k = w.shape[0]
-    n, h, wd, c = x.shape
-    hp, wp = h + 2 * pad, wd + 2 * pad
+    hp, wp = xp.shape[1], xp.shape[2]
+    h, wd = hp - 2 * pad, wp - 2 * pad
     oh, ow = dy.shape[1], dy.shape[2]
     # dx: correlate dy, dilated by the stride and padded to the full window range, with the flipped kernel.
     extra_h = (hp - k + 1) - ((oh - 1) * stride + 1)
@@ -69,36 +80,36 @@ def _depthwise_bwd(stride, pad, res, dy):
     dyp = jax.lax.pad(dy, zero, ((0, 0, 0), (k - 1, k - 1 + extra_h, stride - 1),
                                  (k - 1, k - 1 + extra_w, stride - 1), (0, 0, 0)))
     dx = _taps(dyp, w[::-1, ::-1], 1, hp, wp)[:, pad:pad + h, pad:pad + wd, :]
-    return dx, _depthwise_weight_grad(x, dy, k, stride, pad).astype(w.dtype)
+    return dx, _depthwise_weight_grad(xp, dy, k, stride).astype(w.dtype)
 
 
 # Per-example activations at least this large (elements) get the weight gradient in a loop over pairs of examples.
 LOOP_MIN_ELEMENTS = 1 << 18
 
 
-def _depthwise_weight_grad(x: jax.Array, dy: jax.Array, k: int, stride: int, pad: int) -> jax.Array:
-    """dw[i, j] = sum over n, h, w of the (i, j) tap's (padded) input times dy: `[k, k, C]`.
+def _depthwise_weight_grad(xp: jax.Array, dy: jax.Array, k: int, stride: int) -> jax.Array:
+    """dw[i, j] = sum over n, h, w of the (i, j) tap's input (of the padded `xp`) times dy: `[k, k, C]`.
 
     One variadic reduce sums all k*k products in a single pass (one fusion: ~2x faster to run and to compile than
     k*k separate reductions). For large activations (the 112x112 and 56x56 layers) the batch goes through it in
-    a loop over pairs of examples, which keeps each pair in cache and pads it there rather than copying the whole
-    padded batch (~2x faster there); small layers reduce the whole batch at once (no loop to compile)."""
+    a loop over pairs of examples, which keeps each pair's products in cache (~2x faster there); small layers
+    reduce the whole batch at once (no loop to compile)."""
     n, oh, ow, c = dy.shape
 
     acc = jnp.promote_types(jnp.float32, dy.dtype)  # bf16 activations: products and sums in float32
 
     def taps(xi, dyi):
-        xi, dyi = _pad_hw(xi, pad).astype(acc), dyi.astype(acc)
+        xi, dyi = xi.astype(acc), dyi.astype(acc)
         products = tuple(_tap(xi, i, j, stride, oh, ow) * dyi for i in range(k) for j in range(k))
         zeros = tuple(jnp.zeros((), acc) for _ in products)
         sums = jax.lax.reduce(products, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True)),
                               (1, 2))
         return jnp.sum(jnp.stack(sums), axis=1)
 
-    if x.shape[1] * x.shape[2] * x.shape[3] < LOOP_MIN_ELEMENTS:
-        return taps(x, dy).reshape(k, k, c)
+    if xp.shape[1] * xp.shape[2] * xp.shape[3] < LOOP_MIN_ELEMENTS:
+        return taps(xp, dy).reshape(k, k, c)
     chunk = 2 if n % 2 == 0 else 1
-    chunks = (x.reshape(n // chunk, chunk, *x.shape[1:]), dy.reshape(n // chunk, chunk, *dy.shape[1:]))
+    chunks = (xp.reshape(n // chunk, chunk, *xp.shape[1:]), dy.reshape(n // chunk, chunk, *dy.shape[1:]))
     return jnp.sum(jax.lax.map(lambda args: taps(*args), chunks), axis=0).reshape(k, k, c)
 
 
@@ -117,10 +128,11 @@ def _pointwise_fwd(x, w):
 
 def _pointwise_bwd(res, dy):
     x, w = res
-    dx = jnp.einsum("nhwd,cd->nhwc", dy, w)
-    # The barrier makes XLA write dy in its natural layout before the weight-gradient matmul transposes it, instead
-    # of fusing the whole producer (BN and depthwise backward) into that transposed write.
+    # The barrier makes XLA write dy once, in its natural layout, for both matmuls: otherwise it fuses the whole
+    # producer (BN and depthwise backward) into a transposed write for the weight gradient (cache-hostile), and
+    # computes it a second time for dx.
     dy = jax.lax.optimization_barrier(dy)
+    dx = jnp.einsum("nhwd,cd->nhwc", dy, w)
     dw = jax.lax.dot_general(x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]), (((0,), (0,)), ((), ())))
     return dx, dw.astype(w.dtype)
 

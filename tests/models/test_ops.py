@@ -48,6 +48,22 @@ def test_depthwise_conv_value_and_gradients_equal_lax_conv(shape, stride, loop, 
         assert all(_rel(g, r) <= TOL for g, r in zip(grads, ref_grads, strict=True))
 
 
+@pytest.mark.parametrize("shape,stride", [((2, 9, 7, 3), 2), ((2, 8, 8, 3), 2), ((1, 6, 5, 4), 1)])
+def test_dense_conv_im2col_value_and_gradients_equal_lax_conv(shape, stride):
+    """conv_impl 'cpu' runs a dense k x k convolution (the stem) as im2col patches and a matmul."""
+    from mv2jax.models.layers import conv2d
+
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(4)
+        x = jnp.asarray(rng.standard_normal(shape))
+        w = jnp.asarray(rng.standard_normal((3, 3, shape[-1], 5)))
+        out, grads = _grads(lambda x, w: conv2d(x, w, stride, 1, 1, "cpu"), (x, w))
+        ref_out, ref_grads = _grads(lambda x, w: conv2d(x, w, stride, 1, 1, "xla"), (x, w))
+        assert out.shape == ref_out.shape
+        assert _rel(out, ref_out) <= TOL
+        assert all(_rel(g, r) <= TOL for g, r in zip(grads, ref_grads, strict=True))
+
+
 def test_pointwise_conv_value_and_gradients_equal_einsum():
     with jax.enable_x64(True):
         rng = np.random.default_rng(2)
