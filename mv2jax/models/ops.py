@@ -61,9 +61,8 @@ def depthwise_conv(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Arr
 
 def _depthwise_fwd(x, w, stride, pad):
     # The padded input is the residual: the pad then is the only consumer of x, so XLA writes the producer's
-    # output (BatchNorm + ReLU6) straight into the padded buffer, and the backward need not pad again. The
-    # barrier keeps XLA from computing that producer a second time into the residual's (loop-chunked) layout.
-    xp = jax.lax.optimization_barrier(_pad_hw(x, pad))
+    # output (BatchNorm + ReLU6) straight into the padded buffer, and the backward need not pad again.
+    xp = _pad_hw(x, pad)
     return _depthwise_padded(xp, w, stride), (xp, w)
 
 
@@ -93,7 +92,9 @@ def _depthwise_weight_grad(xp: jax.Array, dy: jax.Array, k: int, stride: int) ->
     One variadic reduce sums all k*k products in a single pass (one fusion: ~2x faster to run and to compile than
     k*k separate reductions). For large activations (the 112x112 and 56x56 layers) the batch goes through it in
     a loop over pairs of examples, which keeps each pair's products in cache (~2x faster there); small layers
-    reduce the whole batch at once (no loop to compile)."""
+    reduce the whole batch at once (no loop to compile). The loop slices the pairs out of `xp` and `dy` as they
+    are: reshaped into chunks, they were loop inputs of another shape, which XLA computed a second time (a full
+    pass each over the layer's largest activations)."""
     n, oh, ow, c = dy.shape
 
     acc = jnp.promote_types(jnp.float32, dy.dtype)  # bf16 activations: products and sums in float32
@@ -109,8 +110,14 @@ def _depthwise_weight_grad(xp: jax.Array, dy: jax.Array, k: int, stride: int) ->
     if xp.shape[1] * xp.shape[2] * xp.shape[3] < LOOP_MIN_ELEMENTS:
         return taps(xp, dy).reshape(k, k, c)
     chunk = 2 if n % 2 == 0 else 1
-    chunks = (xp.reshape(n // chunk, chunk, *xp.shape[1:]), dy.reshape(n // chunk, chunk, *dy.shape[1:]))
-    return jnp.sum(jax.lax.map(lambda args: taps(*args), chunks), axis=0).reshape(k, k, c)
+
+    def body(i, total):
+        start = i * chunk
+        xi = jax.lax.dynamic_slice_in_dim(xp, start, chunk, 0)
+        dyi = jax.lax.dynamic_slice_in_dim(dy, start, chunk, 0)
+        return total + taps(xi, dyi)
+
+    return jax.lax.fori_loop(0, n // chunk, body, jnp.zeros((k * k, c), acc)).reshape(k, k, c)
 
 
 depthwise_conv.defvjp(_depthwise_fwd, _depthwise_bwd)
@@ -128,10 +135,6 @@ def _pointwise_fwd(x, w):
 
 def _pointwise_bwd(res, dy):
     x, w = res
-    # The barrier makes XLA write dy once, in its natural layout, for both matmuls: otherwise it fuses the whole
-    # producer (BN and depthwise backward) into a transposed write for the weight gradient (cache-hostile), and
-    # computes it a second time for dx.
-    dy = jax.lax.optimization_barrier(dy)
     dx = jnp.einsum("nhwd,cd->nhwc", dy, w)
     dw = jax.lax.dot_general(x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]), (((0,), (0,)), ((), ())))
     return dx, dw.astype(w.dtype)
