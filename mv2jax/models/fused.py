@@ -8,6 +8,8 @@ a ReLU6 per layer, and the jitted call takes ~100 plain arrays instead of the mo
 On CPU (`conv_impl='cpu'`) it also:
 - runs the stem as 27 broadcast multiply-adds in one fusion (XLA's dense 3x3 conv with 3 input channels is ~2x
   slower, an im2col matmul ~2.5x at batch 1);
+- on the large grids, computes each expansion 1x1 conv on its depthwise conv's padded grid (the bias folded
+  into the matmul), which saves a pass over the largest activations;
 - runs a batch as a loop over groups of `batch_chunk` images, so that each group's activations (the 6x-expanded
   ones included) stay in cache from one layer to the next instead of streaming the whole batch through memory
   at every layer;
@@ -32,7 +34,7 @@ import numpy as np
 
 from mv2jax.models.layers import BatchNormAct2d, Conv2d, conv2d
 from mv2jax.models.mobilenetv2 import InvertedResidual, MobileNetV2, check_input, global_pool_2d
-from mv2jax.models.ops import _pad_hw, _tap
+from mv2jax.models.ops import _depthwise_padded, _pad_hw, _tap, pointwise_conv
 
 Params = dict[str, Any]
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}  # no YNNPACK fusions: XLA emits the dots
@@ -99,14 +101,38 @@ def _conv(x: jax.Array, p: Params, spec: ConvSpec, impl: str) -> jax.Array:
     return jnp.clip(y, 0.0, 6.0) if spec.relu6 else y
 
 
+# Inverted residuals whose input has at least this many positions (the 112x112 and 56x56 stages) take the padding
+# of their depthwise conv into the expansion matmul (`_expand_padded`); on smaller grids the extra border rows of
+# the matmul cost more than the pass they save (measured at batch 1 and 32).
+PAD_INTO_EXPAND_MIN_POSITIONS = 56 * 56
+
+
+def _expand_padded(x: jax.Array, p: Params, pad: int) -> jax.Array:
+    """The expansion 1x1 conv's pre-activation on the zero-padded grid its depthwise conv reads. `x` gets a
+    channel of ones (zeros in the padding) that multiplies the bias, so the border comes out exactly 0 (= ReLU6
+    of it) and the depthwise taps read ReLU6 of the matmul directly: the separate bias + ReLU6 + pad pass over
+    the 6x-expanded activation goes away."""
+    w, b = p["weight"].astype(x.dtype)[0, 0], p["bias"].astype(x.dtype)
+    ones = jnp.ones((*x.shape[:-1], 1), x.dtype)
+    xa = _pad_hw(jnp.concatenate([x, ones], axis=-1), pad)
+    return pointwise_conv(xa, jnp.concatenate([w, b[None]], axis=0))
+
+
 def fused_forward_features(spec: FusedSpec, params: Params, x: jax.Array) -> jax.Array:
     """NHWC images -> unpooled features `[B, H/32, W/32, num_features]`, the whole batch at once."""
     impl = spec.conv_impl
     x = _conv(x.astype(spec.dtype), params["stem"], spec.stem, impl)
     for (convs, skip), layers in zip(spec.blocks, params["blocks"], strict=True):
         shortcut = x
-        for conv, p in zip(convs, layers, strict=True):
-            x = _conv(x, p, conv, impl)
+        if impl == "cpu" and len(convs) == 3 and x.shape[1] * x.shape[2] >= PAD_INTO_EXPAND_MIN_POSITIONS:
+            _, dw, pwl = convs
+            z = _expand_padded(x, layers[0], dw.padding)
+            w, b = layers[1]["weight"].astype(x.dtype), layers[1]["bias"].astype(x.dtype)
+            x = jnp.clip(_depthwise_padded(jnp.clip(z, 0.0, 6.0), w[:, :, 0], dw.stride) + b, 0.0, 6.0)
+            x = _conv(x, layers[2], pwl, impl)
+        else:
+            for conv, p in zip(convs, layers, strict=True):
+                x = _conv(x, p, conv, impl)
         if skip:
             x = x + shortcut
     return _conv(x, params["head"], spec.head, impl)

@@ -15,6 +15,7 @@ import torch
 
 import mv2jax
 from mv2jax.models import fuse_for_inference
+from mv2jax.models import fused as fused_module
 from mv2jax.models.fused import CPU_COMPILER_OPTIONS, chunked
 from tests.timm_reference import forward, mv2jax_from_timm, random_nhwc, rel_err, run_timm, timm_model
 
@@ -46,6 +47,18 @@ def timm_references():
 def test_fused_logits_fp32_error_within_twice_timm_fp32_error(timm_references, name, shape, conv_impl):
     tmodel, x, ref64, ref32 = timm_references(name, shape)
     fused = fuse_for_inference(mv2jax_from_timm(tmodel, name, conv_impl=conv_impl))
+    ours, timm_own = rel_err(fused(x), ref64), rel_err(ref32, ref64)
+    assert ours <= TOLERANCE_FACTOR * timm_own, f"fused error {ours:.2e} > {TOLERANCE_FACTOR} x timm's {timm_own:.2e}"
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_expansion_on_the_padded_grid_keeps_timm_parity_on_every_grid(timm_references, shape, monkeypatch):
+    """The expansion matmul with the depthwise padding and the bias folded in (used on the large grids), here on
+    every grid, odd and stride-2 ones included."""
+    monkeypatch.setattr(fused_module, "PAD_INTO_EXPAND_MIN_POSITIONS", 0)
+    tmodel, x, ref64, ref32 = timm_references("mobilenetv2_100", shape)
+    fused = fuse_for_inference(mv2jax_from_timm(tmodel, "mobilenetv2_100", conv_impl="cpu"))
+    assert "concatenate" in jax.jit(fused.apply).lower(fused.params, jnp.asarray(x)).as_text()  # the path ran
     ours, timm_own = rel_err(fused(x), ref64), rel_err(ref32, ref64)
     assert ours <= TOLERANCE_FACTOR * timm_own, f"fused error {ours:.2e} > {TOLERANCE_FACTOR} x timm's {timm_own:.2e}"
 
