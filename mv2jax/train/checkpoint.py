@@ -187,10 +187,9 @@ class TrainCheckpointer:
                                                          "rng_state": encode_rng(template.rng_state)})),
             "data": ocp.args.JsonRestore(),
         }
+        got = dict(self.manager.restore(step, args=ocp.args.Composite(**items)))
         if restore_opt:
-            self._check_opt_state(step, template.opt_state)
-            items["opt_state"] = ocp.args.StandardRestore(_abstract(template.opt_state))
-        got = self.manager.restore(step, args=ocp.args.Composite(**items))
+            got["opt_state"] = self._restore_opt_state(step, template.opt_state)
         model = got["state"]["model"]
         params, batch_stats = take_like(model, template.params), take_like(model, template.batch_stats)
         ema = None
@@ -205,16 +204,19 @@ class TrainCheckpointer:
             state = set_step(state, int(jax.device_get(state.step)))
         return Restored(state, meta, dict(got["data"]) if got.get("data") else None)
 
-    def _check_opt_state(self, step: int, opt_state: PyTree) -> None:
-        """One-line error if the saved optimizer state's arrays (shapes and dtypes, in any order) are not those of
-        `opt_state`: another optimizer, or a checkpoint from before the packed optimizer state."""
-        saved = self.manager.item_metadata(step)["opt_state"]
-        describe = lambda leaves: sorted((tuple(x.shape), str(jnp.dtype(x.dtype))) for x in leaves)
-        if describe(jax.tree.leaves(saved)) != describe(jax.tree.leaves(_abstract(opt_state))):
+    def _restore_opt_state(self, step: int, opt_state: PyTree) -> PyTree:
+        """The optimizer state saved at `step`, shaped like `opt_state`; a one-line error if its layout differs
+        (another optimizer, or saved by an mv2jax before the packed optimizer state)."""
+        args = ocp.args.Composite(opt_state=ocp.args.StandardRestore(_abstract(opt_state)))
+        try:
+            return self.manager.restore(step, args=args)["opt_state"]
+        except ValueError as err:
+            if "do not match" not in str(err):
+                raise
             raise ValueError(
                 f"checkpoint step {step}: its optimizer state does not fit this optimizer (another --opt or model, "
                 f"or saved by an mv2jax before the packed optimizer state): resume with --no-resume-opt to restore "
-                f"the weights, EMA and step with a fresh optimizer state")
+                f"the weights, EMA and step with a fresh optimizer state") from None
 
     def wait(self) -> None:
         """Block until pending async saves are committed."""

@@ -79,7 +79,8 @@ def test_save_and_restore_round_trip_every_array_rng_key_meta_and_loader_state(t
     assert ckpt.save(state, meta={"model_name": "mobilenetv2_035", "epoch": 1}, data_state={"step": 7},
                      metrics={"top1": 50.0})
     assert not ckpt.save(state, meta={}, data_state=None)  # the same step again: nothing to do
-    ckpt.wait()
+    ckpt.close()
+    ckpt = TrainCheckpointer(tmp_path / "checkpoints", keep_last=3)  # a fresh manager, as a resuming process has
     template, _ = tiny_state(seed=2, step=0)
     restored = ckpt.restore(3, template)
     assert_trees_equal(restored.state, state)
@@ -112,7 +113,8 @@ def test_an_optimizer_state_of_another_layout_is_refused_in_one_line_and_no_resu
     state, _ = tiny_state(seed=1, step=3)
     per_leaf = create_optimizer("rmsproptf", 0.1, eps=1e-3, pack=False)
     ckpt.save(state.replace(opt_state=per_leaf.init(state.params)), meta={}, data_state=None)
-    ckpt.wait()
+    ckpt.close()
+    ckpt = TrainCheckpointer(tmp_path / "checkpoints")  # a fresh manager, as a resuming process has
     template, _ = tiny_state(seed=2, step=0)
     with pytest.raises(ValueError, match="optimizer state does not fit this optimizer.*--no-resume-opt") as err:
         ckpt.restore(3, template)
