@@ -237,9 +237,9 @@ def create_optimizer(
     """timm's `create_optimizer_v2(model, opt, lr, weight_decay, momentum, ...)` (+ train.py's clipping) in optax.
 
     `learning_rate`: float or `count -> lr` (per update). Weight decay follows timm's grouping (see
-    `weight_decay_mask`); pass `params` to build the mask now, else it is computed from the params at init.
-    `momentum` None means timm's 0.9 for optimizers with momentum. An argument an optimizer does not take raises
-    (timm silently drops e.g. eps for sgd).
+    `weight_decay_mask`; it is computed from the parameter tree's paths and shapes, or with `pack=False` from
+    `params` if given). `momentum` None means timm's 0.9 for optimizers with momentum. An argument an optimizer
+    does not take raises (timm silently drops e.g. eps for sgd).
 
     With `pack` (the default) the optimizer runs on two flat vectors (decayed and not decayed parameters; see
     `packed`) and its state is those vectors' buffers; `pack=False` keeps the state shaped as the parameters.
