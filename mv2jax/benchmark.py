@@ -6,7 +6,8 @@ jit and torch.compile times, peak RSS and XLA's memory and cost analyses, and th
 RA train transform on ImageNet-sized JPEGs (mv2jax's transform and grain loader vs timm's transform and
 DataLoader, next to the train step's images/s); prints a table and writes JSON (`--output`). Each phase (side x
 mode x variant) runs in a fresh subprocess so its RSS high-water mark and compile times are its own; phases run
-one after another. `--phases` picks some of them.
+one after another. `--phases` picks some of them. Both sides run with the same host allocator setting: malloc on
+transparent huge pages (`mv2jax.host_memory`; `MV2JAX_HUGEPAGES=0` keeps glibc's defaults), named in the report.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mv2jax import host_memory
 from mv2jax.bench.common import BenchConfig, LoaderBench, available_cores, machine_info
 from mv2jax.bench.report import format_report, summarize
 from mv2jax.bench.sample_jpegs import describe_image_folder, write_sample_jpegs
@@ -174,6 +176,7 @@ def _run_phases(args: argparse.Namespace, cfg: BenchConfig, phases: list[Phase],
         "config": cfg.to_json(),
         "machine": machine_info(),
         "threads": _threads_info(cfg),
+        "host_memory": host_memory.describe(),
         "isolated_phases": not args.no_isolate,
         "conv_impl_auto": next((r["conv_impl_auto"] for r in mv2), None),
         "conv_impls_run": sorted({r["conv_impl"] for r in mv2}),
@@ -241,4 +244,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
 
 if __name__ == "__main__":
+    host_memory.reexec_with_hugepages()  # every phase, timm's and mv2jax's, inherits the same allocator setting
     main()

@@ -383,4 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from mv2jax.host_memory import reexec_with_hugepages
+
+    reexec_with_hugepages()
     sys.exit(main())

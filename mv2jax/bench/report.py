@@ -104,6 +104,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"machine: {m['cpu_model']}, {m['cores_available']} cores; threads: {report['threads']['description']}",
         f"versions: jax {m['jax']}, flax {m['flax']}, torch {m['torch']}, timm {m['timm']}; "
         f"conv_impl auto -> {report['conv_impl_auto']}; train step: {report.get('step_impl') or '-'}",
+        f"host memory (both sides): {report.get('host_memory', '-')}",
         f"load average before/after: {report['load_before']} / {report['load_after']}",
         "",
         f"{'mode':<9} {'side':<6} {'variant':<22} {'batch':>5} {'img/s':>9} {'min-max':^17} {'sprd':>6} "
