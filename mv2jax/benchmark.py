@@ -6,8 +6,9 @@ jit and torch.compile times, peak RSS and XLA's memory and cost analyses, and th
 RA train transform on ImageNet-sized JPEGs (mv2jax's transform and grain loader vs timm's transform and
 DataLoader, next to the train step's images/s); prints a table and writes JSON (`--output`). Each phase (side x
 mode x variant) runs in a fresh subprocess so its RSS high-water mark and compile times are its own; phases run
-one after another. `--phases` picks some of them. Both sides run with the same host allocator setting: malloc on
-transparent huge pages (`mv2jax.host_memory`; `MV2JAX_HUGEPAGES=0` keeps glibc's defaults), named in the report.
+one after another. `--phases` picks some of them. Both sides run with the same host allocator setting: glibc malloc
+keeping big blocks mapped, on huge pages (`mv2jax.host_memory`; `MV2JAX_HOST_ALLOCATOR=0` keeps glibc's defaults),
+named in the report.
 """
 
 from __future__ import annotations
@@ -244,5 +245,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
 
 if __name__ == "__main__":
-    host_memory.reexec_with_hugepages()  # every phase, timm's and mv2jax's, inherits the same allocator setting
+    host_memory.reexec_with_host_allocator()  # every phase, timm's and mv2jax's, inherits the same setting
     main()
