@@ -383,7 +383,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from mv2jax.host_memory import reexec_with_host_allocator
-
-    reexec_with_host_allocator()
     sys.exit(main())
