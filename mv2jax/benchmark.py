@@ -6,9 +6,9 @@ jit and torch.compile times, peak RSS and XLA's memory and cost analyses, and th
 RA train transform on ImageNet-sized JPEGs (mv2jax's transform and grain loader vs timm's transform and
 DataLoader, next to the train step's images/s); prints a table and writes JSON (`--output`). Each phase (side x
 mode x variant) runs in a fresh subprocess so its RSS high-water mark and compile times are its own; phases run
-one after another. `--phases` picks some of them. Both sides run with the same host allocator setting: glibc malloc
-keeping big blocks mapped, on huge pages (`mv2jax.host_memory`; `MV2JAX_HOST_ALLOCATOR=0` keeps glibc's defaults),
-named in the report.
+one after another. `--phases` picks some of them. Both sides run with the same host allocator setting, named in the
+report: glibc's as the environment has it, or (`--host-allocator train`) the tunables train.py runs with
+(`mv2jax.host_memory`), under which PyTorch's inference, too, stops page-faulting on big buffers.
 """
 
 from __future__ import annotations
@@ -215,6 +215,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loader-data-dir", default=None,
                    help="ImageFolder (DIR[/train]/<class>/<image>) to load instead of sample JPEGs")
     p.add_argument("--no-torch-compile", action="store_true", help="skip timm's torch.compile variants")
+    p.add_argument("--host-allocator", choices=("default", "train"), default="default",
+                   help="glibc malloc as the environment has it (default), or with the tunables train.py runs "
+                        "with (mv2jax.host_memory: no page faults on big per-step buffers); both sides alike")
     p.add_argument("--no-isolate", action="store_true", help="run phases in this process (RSS then accumulates)")
     p.add_argument("--phase-timeout", type=float, default=3600.0, help="seconds before a phase is abandoned")
     p.add_argument("--output", default=None, help="write the JSON report here")
@@ -245,5 +248,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
 
 if __name__ == "__main__":
-    host_memory.reexec_with_host_allocator()  # every phase, timm's and mv2jax's, inherits the same setting
+    if parse_args().host_allocator == "train":
+        host_memory.reexec_with_host_allocator()  # every phase, timm's and mv2jax's, inherits the same setting
     main()

@@ -15,7 +15,9 @@ Measured there: ~1.9 s -> ~1.35 s per train step, and no page faults in steady s
 Huge pages alone (without keeping the heap) were as fast back to back. But any pause between steps (sleep,
 loading, eval) brought back ~1 s of kernel time per step, in page compaction.
 
-The setting is for training. One arena costs small programs: fused inference at batch 1 ran ~10% slower under it
+The setting is for training, and it has costs. XLA compiles slower under one arena: the batch-32 train step took
+~9.6 s instead of ~7 s. That is paid once per run, and not at all from the compile cache. One arena also costs
+small programs: fused inference at batch 1 ran ~10% slower under it
 (threads contend for the one heap), and batch 32 a few % slower. So only `train.py` applies it. It re-executes
 itself once with the tunables, because glibc reads them when a process starts (`reexec_with_host_allocator`).
 The benchmark does the same, for timm's phases and mv2jax's alike. Set `MV2JAX_HOST_ALLOCATOR=0` to keep glibc's
