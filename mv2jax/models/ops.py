@@ -14,20 +14,9 @@ Layouts: activations NHWC; depthwise kernel `[k, k, C]`; pointwise kernel `[C_in
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-
-# XLA:CPU compile options for programs built from these primitives: 512-bit vectors where the CPU has them (LLVM
-# otherwise prefers 256 bits on AVX-512 CPUs; ignored without AVX-512). Measured on a 2-core AVX-512 machine:
-# train step -4%, fused inference -1.5% (batch 1) to -3% (batch 32).
-CPU_XLA_OPTIONS: dict[str, Any] = {"xla_cpu_prefer_vector_width": 512}
-
-
-def cpu_xla_options(platform: str) -> dict[str, Any] | None:
-    """`CPU_XLA_OPTIONS` for a program compiled for `platform` ('cpu', 'gpu', 'tpu'), else None (defaults)."""
-    return dict(CPU_XLA_OPTIONS) if platform == "cpu" else None
 
 
 def _tap(x: jax.Array, i: int, j: int, stride: int, out_h: int, out_w: int) -> jax.Array:

@@ -28,7 +28,6 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from mv2jax.models.layers import check_running_stats_from
-from mv2jax.models.ops import cpu_xla_options
 from mv2jax.train.ema import ema_decay, ema_update
 from mv2jax.train.losses import label_smoothing_cross_entropy, soft_target_cross_entropy
 from mv2jax.train.mesh import batch_sharding, replicated, shard_train_state
@@ -161,18 +160,12 @@ def make_train_step(
 
     With a mesh: the state is replicated, the batch split on its `data` axis, the outputs replicated, i.e.
     `jax.jit(step, in_shardings=(replicated, batch_sharding), out_shardings=replicated, donate_argnums=0)`.
-    Call it with arrays already placed that way (`shard_train_state`, `shard_batch`). On CPU it compiles with
-    `ops.CPU_XLA_OPTIONS`."""
+    Call it with arrays already placed that way (`shard_train_state`, `shard_batch`)."""
     fn = functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, config=config)
-    options = cpu_xla_options(_platform(mesh))
     if mesh is None:
-        return jax.jit(fn, donate_argnums=0, compiler_options=options)
+        return jax.jit(fn, donate_argnums=0)
     return jax.jit(fn, in_shardings=(replicated(mesh), batch_sharding(mesh)), out_shardings=replicated(mesh),
-                   donate_argnums=0, compiler_options=options)
-
-
-def _platform(mesh: Mesh | None) -> str:
-    return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+                   donate_argnums=0)
 
 
 def make_eval_step(graphdef: nnx.GraphDef, rng_state, mesh: Mesh | None = None) -> Callable[..., Metrics]:
@@ -183,13 +176,11 @@ def make_eval_step(graphdef: nnx.GraphDef, rng_state, mesh: Mesh | None = None) 
     def run(params, batch_stats, batch, rngs):
         return eval_step(params, batch_stats, batch, rngs, graphdef=graphdef)
 
-    options = cpu_xla_options(_platform(mesh))
     if mesh is None:
-        jitted = jax.jit(run, compiler_options=options)
+        jitted = jax.jit(run)
     else:
         rep = replicated(mesh)
-        jitted = jax.jit(run, in_shardings=(rep, rep, batch_sharding(mesh), rep), out_shardings=rep,
-                         compiler_options=options)
+        jitted = jax.jit(run, in_shardings=(rep, rep, batch_sharding(mesh), rep), out_shardings=rep)
         rng_state = shard_train_state(rng_state, mesh)
 
     def evaluate(params, batch_stats, batch: Batch) -> Metrics:
