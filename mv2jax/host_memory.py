@@ -7,7 +7,7 @@ step, a third of all CPU time. glibc tunables fix it:
 - `glibc.malloc.mmap_max=0` and `glibc.malloc.arena_max=1`: big blocks come from the main heap. Without the
   arena limit, XLA's worker threads get their own arenas, and those still mmap big blocks;
 - a `trim_threshold` of 64 GiB: freed memory stays in the heap for the next step instead of going back to the
-  kernel. The process keeps its peak heap, which a training or evaluation loop reaches on every step anyway;
+  kernel;
 - `glibc.malloc.hugetlb=1` (glibc >= 2.35, when the kernel's transparent-huge-page mode is `madvise` or
   `always`): the heap on 2 MiB pages, fewer TLB misses.
 Measured there: ~1.9 s -> ~1.4 s per train step, and no page faults in steady state. RSS then shows the
@@ -18,8 +18,8 @@ loading, eval) brought back ~1 s of kernel time per step, in page compaction.
 
 The setting is for training, and it has costs. XLA compiles slower under one arena: the batch-32 train step took
 ~9.6 s instead of ~7 s. That is paid once per run, and not at all from the compile cache. One arena also costs
-small programs: fused inference at batch 1 ran ~10% slower under it
-(threads contend for the one heap), and batch 32 a few % slower. So only `train.py` applies it. It re-executes
+small programs: fused inference at batch 1 ran ~10% slower under it (threads contend for the one heap), and
+batch 32 a few % slower. So only `train.py` applies it. It re-executes
 itself once with the tunables, because glibc reads them when a process starts (`reexec_with_host_allocator`).
 The benchmark does the same, for timm's phases and mv2jax's alike. Set `MV2JAX_HOST_ALLOCATOR=0` to keep glibc's
 defaults. In your own training program, export `GLIBC_TUNABLES` as `tunables()` gives it before starting
@@ -36,7 +36,7 @@ OPT_OUT = "MV2JAX_HOST_ALLOCATOR"
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 HEAP_TUNABLES = {"glibc.malloc.mmap_max": "0", "glibc.malloc.arena_max": "1",
                  "glibc.malloc.trim_threshold": str(64 * 2**30)}
-HUGEPAGE_TUNABLE = ("glibc.malloc.hugetlb", "1")
+HUGEPAGE_TUNABLES = {"glibc.malloc.hugetlb": "1"}
 
 
 def _glibc_version() -> tuple[int, int] | None:
@@ -64,10 +64,8 @@ def tunables() -> dict[str, str]:
     version = _glibc_version()
     if sys.platform != "linux" or version is None or version < (2, 26):
         return {}
-    wanted = dict(HEAP_TUNABLES)
-    if version >= (2, 35) and thp_mode() in ("always", "madvise"):
-        wanted[HUGEPAGE_TUNABLE[0]] = HUGEPAGE_TUNABLE[1]
-    return wanted
+    hugepages = version >= (2, 35) and thp_mode() in ("always", "madvise")
+    return {**HEAP_TUNABLES, **(HUGEPAGE_TUNABLES if hugepages else {})}
 
 
 def _parse(value: str) -> dict[str, str]:
@@ -106,7 +104,7 @@ def reexec_with_host_allocator() -> None:
 def describe(environ: Mapping[str, str] = os.environ) -> str:
     """One line for logs and reports: which of mv2jax's allocator tunables this process runs with."""
     current = _parse(environ.get("GLIBC_TUNABLES", ""))
-    ours = {k: v for k, v in current.items() if k in HEAP_TUNABLES or k == HUGEPAGE_TUNABLE[0]}
+    ours = {k: v for k, v in current.items() if k in HEAP_TUNABLES.keys() | HUGEPAGE_TUNABLES.keys()}
     mode = thp_mode()
     if not ours:
         return f"glibc malloc defaults (kernel THP mode '{mode}')"
