@@ -25,12 +25,12 @@ def _grads(f, args, cotangent_seed=0):
     return out, jax.grad(lambda *a: jnp.sum(f(*a) * c), argnums=tuple(range(len(args))))(*args)
 
 
-@pytest.mark.parametrize("loop", [False, True], ids=["whole-batch", "pair-loop"])
+@pytest.mark.parametrize("rows", [False, True], ids=["one-reduce", "row-sums"])
 @pytest.mark.parametrize("shape,stride", [((2, 9, 7, 5), 1), ((2, 9, 7, 5), 2), ((3, 8, 10, 4), 2),
                                           ((1, 5, 5, 3), 1), ((4, 6, 6, 2), 1)])
-def test_depthwise_conv_value_and_gradients_equal_lax_conv(shape, stride, loop, monkeypatch):
-    # both weight-gradient paths: whole batch (small layers) and the loop over pairs (odd batches: singles)
-    monkeypatch.setattr(ops, "LOOP_MIN_ELEMENTS", 0 if loop else ops.LOOP_MIN_ELEMENTS)
+def test_depthwise_conv_value_and_gradients_equal_lax_conv(shape, stride, rows, monkeypatch):
+    # both weight-gradient paths: one reduce (small layers) and sums over rows first (large layers)
+    monkeypatch.setattr(ops, "ROW_SUMS_MIN_ELEMENTS", 0 if rows else ops.ROW_SUMS_MIN_ELEMENTS)
     with jax.enable_x64(True):
         rng = np.random.default_rng(1)
         x = jnp.asarray(rng.standard_normal(shape))
@@ -93,9 +93,9 @@ def test_batch_norm_train_statistics_and_gradients_equal_autodiff(relu6):
         assert all(_rel(g, r) <= TOL for g, r in zip(grads, ref_grads, strict=True))
 
 
-@pytest.mark.parametrize("loop", [False, True], ids=["whole-batch", "pair-loop"])
-def test_bf16_depthwise_weight_gradient_accumulates_in_float32(loop, monkeypatch):
-    monkeypatch.setattr(ops, "LOOP_MIN_ELEMENTS", 0 if loop else ops.LOOP_MIN_ELEMENTS)
+@pytest.mark.parametrize("rows", [False, True], ids=["one-reduce", "row-sums"])
+def test_bf16_depthwise_weight_gradient_accumulates_in_float32(rows, monkeypatch):
+    monkeypatch.setattr(ops, "ROW_SUMS_MIN_ELEMENTS", 0 if rows else ops.ROW_SUMS_MIN_ELEMENTS)
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.standard_normal((4, 32, 32, 8)), jnp.bfloat16)
     w = jnp.asarray(rng.standard_normal((3, 3, 8)), jnp.bfloat16)
