@@ -152,8 +152,8 @@ def _bn_forward(xg, weight, bias, eps, relu6):
 
 
 def _bn_apply(xg, weight, bias, mean, rstd, relu6):
-    # x * scale + shift, not (x - mean) * scale + bias: with x - mean both here and in the variance, XLA wrote
-    # it out as a full activation between the two passes.
+    # x * scale + shift, not (x - mean) * scale + bias: x - mean then feeds only reductions (the variance, and
+    # sum(dy * (x - mean)) in the backward), not this pass too.
     scale = rstd * weight
     y = xg * scale + (bias - mean * scale)
     return jnp.clip(y, 0.0, 6.0) if relu6 else y
