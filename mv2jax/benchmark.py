@@ -4,7 +4,9 @@ Measures inference images/s (per batch size, fp32, every mv2jax `conv_impl`, the
 `fuse_for_inference` network, and timm eager / channels_last / torch.compile), the RA-recipe train step images/s,
 jit and torch.compile times, peak RSS and XLA's memory and cost analyses, and the data loader's images/s with the
 RA train transform on ImageNet-sized JPEGs (mv2jax's transform and grain loader vs timm's transform and
-DataLoader, next to the train step's images/s); prints a table and writes JSON (`--output`). Each phase (side x
+DataLoader, next to the train step's images/s), and this machine's peaks as XLA reaches them (fp32 matmul
+GFLOP/s, memory GB/s) with what each target throughput would need of them (`mv2jax.bench.roofline`); prints a
+table and writes JSON (`--output`). Each phase (side x
 mode x variant) runs in a fresh subprocess so its RSS high-water mark and compile times are its own; phases run
 one after another. `--phases` picks some of them. Both sides run with the same host allocator setting, named in the
 report: glibc's as the environment has it, or (`--host-allocator train`) the tunables train.py runs with
@@ -26,22 +28,24 @@ from pathlib import Path
 from typing import Any
 
 from mv2jax import host_memory
-from mv2jax.bench.common import BenchConfig, LoaderBench, available_cores, machine_info
+from mv2jax.bench.common import BenchConfig, LoaderBench, RooflineBench, available_cores, machine_info
 from mv2jax.bench.report import format_report, summarize
 from mv2jax.bench.sample_jpegs import describe_image_folder, write_sample_jpegs
 
 CONV_IMPLS = ("cpu", "xla")
 FUSED_VARIANT = "fused"  # inference only: `fuse_for_inference` of the model (conv_impl 'auto')
 QUICK = dict(model="mobilenetv2_035", img_size=64, repeats=2, warmup=1, min_iters=2, target_run_s=0.0,
-             loader=LoaderBench(images=8, sides=(48, 96), repeats=2))
+             loader=LoaderBench(images=8, sides=(48, 96), repeats=2),
+             roofline=RooflineBench(matmul_size=256, memory_mib=4))
 LOADER_VARIANT = "ra"  # the loader phases measure the RA recipe's train transform
+ROOFLINE = ("mv2jax", "roofline", "xla")  # the machine's matmul and memory peaks, as XLA reaches them
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
     side: str  # 'mv2jax' | 'timm'
-    mode: str  # 'inference' | 'train' | 'loader'
+    mode: str  # 'inference' | 'train' | 'loader' | 'roofline'
     variant: str  # a conv_impl for mv2jax, a timm_side variant for timm; LOADER_VARIANT for the loader
 
     @property
@@ -54,10 +58,11 @@ class Phase:
 
 
 def plan(args: argparse.Namespace) -> list[Phase]:
-    """Every phase this run measures, mv2jax first, then the loader phases; only those `--phases` selects."""
+    """Every phase this run measures: the machine's peaks, mv2jax, timm, then the loader phases; only those
+    `--phases` selects."""
     modes = ["inference"] + ([] if args.skip_train else ["train"])
-    phases = [Phase("mv2jax", m, impl) for m in modes for impl in CONV_IMPLS]
-    phases.insert(len(CONV_IMPLS), Phase("mv2jax", "inference", FUSED_VARIANT))
+    phases = [Phase(*ROOFLINE)] + [Phase("mv2jax", m, impl) for m in modes for impl in CONV_IMPLS]
+    phases.insert(1 + len(CONV_IMPLS), Phase("mv2jax", "inference", FUSED_VARIANT))
     if not args.skip_timm:
         variants = ["eager", "channels_last", "channels_last_1thread"] + ([] if args.no_torch_compile else ["compile"])
         phases += [Phase("timm", m, v) for m in modes for v in variants]
@@ -77,6 +82,10 @@ def selected(phase: Phase, patterns: list[str] | None) -> bool:
 
 def run_phase(phase: Phase, cfg: BenchConfig) -> list[dict[str, Any]]:
     """Run one phase in this process (imports only its own framework)."""
+    if phase.mode == "roofline":
+        from mv2jax.bench import roofline
+
+        return roofline.roofline_phase(cfg)
     if phase.mode == "loader":
         from mv2jax.bench import loader_side
 
@@ -93,7 +102,7 @@ def run_phase(phase: Phase, cfg: BenchConfig) -> list[dict[str, Any]]:
 
 
 def _failed_phase(phase: Phase, cfg: BenchConfig, error: str) -> list[dict[str, Any]]:
-    batches = sorted(cfg.batch_sizes) if phase.mode == "inference" else [cfg.train_batch_size]
+    batches = {"inference": sorted(cfg.batch_sizes), "roofline": [0]}.get(phase.mode, [cfg.train_batch_size])
     return [{"side": phase.side, "mode": phase.mode, "variant": phase.variant, "batch_size": b, "status": "failed",
              "error": error} for b in batches]
 
@@ -172,7 +181,8 @@ def _run_phases(args: argparse.Namespace, cfg: BenchConfig, phases: list[Phase],
         for r in phase_results:  # the load average says how much other work shared the cores meanwhile
             r["phase_wall_s"], r["load_avg_1min_after"] = time.perf_counter() - t_phase, os.getloadavg()[0]
         results += phase_results
-    mv2 = [r for r in results if r["side"] == "mv2jax" and r.get("status") == "ok" and r["mode"] != "loader"]
+    mv2 = [r for r in results if r["side"] == "mv2jax" and r.get("status") == "ok"
+           and r["mode"] in ("inference", "train")]
     return {
         "config": cfg.to_json(),
         "machine": machine_info(),

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from mv2jax.bench.report import summarize
+from mv2jax.bench.roofline import requirements
 from mv2jax.benchmark import Phase, parse_args, plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,8 +64,9 @@ def test_quick_report_has_every_measurement_with_sane_values(report):
     expected |= {("timm", "train", v, TRAIN_BATCH) for v in timm_variants}
     expected |= {(s, "loader", v, 1 if v == "transform" else TRAIN_BATCH) for s in ("mv2jax", "timm")
                  for v in LOADER_VARIANTS}
+    expected |= {("mv2jax", "roofline", "xla", 0)}
     assert {(r["side"], r["mode"], r["variant"], r["batch_size"]) for r in results} == expected
-    for r in results:
+    for r in (r for r in results if r["mode"] != "roofline"):
         ips = r["images_per_s"]
         assert all(_positive(ips[k]) for k in ("median", "min", "max")), r
         cfg = report["config"]["loader"] if r["mode"] == "loader" else report["config"]
@@ -77,7 +80,7 @@ def test_quick_report_has_every_measurement_with_sane_values(report):
 
 
 def test_quick_report_has_xla_compile_memory_and_cost_analyses(report):
-    for r in (r for r in report["results"] if r["side"] == "mv2jax" and r["mode"] != "loader"):
+    for r in (r for r in report["results"] if r["side"] == "mv2jax" and r["mode"] in ("inference", "train")):
         c = r["compile"]
         assert _positive(c["lower_s"]) and _positive(c["compile_s"])
         assert _positive(c["memory_mib"]["argument"]) and c["memory_mib"]["temp"] >= 0
@@ -105,6 +108,59 @@ def test_quick_report_ratios_match_the_throughputs(report):
             for variant, ratio in comp["per_variant"].items():
                 assert ratio == pytest.approx(rates[("mv2jax", variant)] / best_timm)
     assert set(summary["targets_met"]) >= {"inference_b1_ratio>=1.5", "train_b2_ratio>=1.5", "train_compile_s<=10.0"}
+
+
+def test_quick_report_measures_the_machine_peaks_and_what_each_target_needs_of_them(run):
+    report, printed = run
+    machine = next(r for r in report["results"] if r["mode"] == "roofline")
+    assert machine["matmul_size"] == 256 and machine["memory_mib_per_array"] == 4
+    matmul, memory = machine["matmul_gflops_per_s"], machine["memory_gb_per_s"]
+    assert all(_positive(matmul[k]) for k in ("median", "min", "max"))
+    assert memory["best"] == max(memory["add_in_place"]["median"], memory["sum"]["median"]) > 0
+    roofline, summary = report["summary"]["roofline"], report["summary"]
+    for mode, batches in (("inference", BATCH_SIZES), ("train", (TRAIN_BATCH,))):
+        for b in batches:
+            row, comp = roofline[mode][str(b)], summary[mode][str(b)]
+            assert row["variant"] == comp["mv2jax_best"]["variant"]
+            assert row["now"]["images_per_s"] == pytest.approx(comp["mv2jax_best"]["images_per_s"])
+            assert row["at_target"]["images_per_s"] == pytest.approx(1.5 * comp["timm_best"]["images_per_s"])
+            for req in (row["now"], row["at_target"]):
+                assert req["gflops_per_s"] == pytest.approx(req["images_per_s"] * row["cost_per_image"]["gflops"])
+                assert req["of_matmul_peak"] == pytest.approx(req["gflops_per_s"] / matmul["median"])
+    assert "roofline: XLA on these cores reaches" in printed and "at 1.5x timm" in printed
+
+
+def _result(mode: str, variant: str, batch: int, images_per_s: float, cost: dict | None, side: str = "mv2jax"):
+    r = {"side": side, "mode": mode, "variant": variant, "batch_size": batch, "status": "ok",
+         "images_per_s": {"median": images_per_s}, "compile": {}}
+    if cost is not None:
+        r["compile"]["cost_per_image"] = cost
+    return r
+
+
+def test_roofline_requirements_scale_xla_cost_by_throughput_and_divide_by_the_peaks():
+    machine = {"matmul_gflops_per_s": {"median": 200.0}, "memory_gb_per_s": {"best": 40.0}}
+    req = requirements(50.0, {"gflops": 2.0, "mib_accessed": 800.0}, machine)
+    assert req["gflops_per_s"] == pytest.approx(100.0) and req["of_matmul_peak"] == pytest.approx(0.5)
+    assert req["gb_per_s"] == pytest.approx(50 * 800 * 2**20 / 1e9)
+    assert req["of_memory_peak"] == pytest.approx(req["gb_per_s"] / 40.0)
+    assert "gb_per_s" not in requirements(50.0, {"gflops": 2.0}, machine)
+
+
+def test_roofline_summary_takes_flops_but_not_bytes_from_another_batch_size_of_the_same_variant():
+    results = [
+        {"side": "mv2jax", "mode": "roofline", "variant": "xla", "batch_size": 0, "status": "ok",
+         "matmul_gflops_per_s": {"median": 200.0}, "memory_gb_per_s": {"best": 40.0}},
+        _result("inference", "fused", 1, 100.0, {"gflops": 0.6, "mib_accessed": 120.0}),
+        _result("inference", "fused", 32, 150.0, None),  # a loop: XLA gave no per-image cost
+        _result("inference", "eager", 1, 50.0, None, side="timm"),
+        _result("inference", "eager", 32, 100.0, None, side="timm"),
+    ]
+    roofline = summarize(results, (1, 32), None)["roofline"]
+    assert roofline["inference"]["1"]["now"]["gb_per_s"] == pytest.approx(100 * 120 * 2**20 / 1e9)
+    b32 = roofline["inference"]["32"]
+    assert b32["cost_per_image"] == {"gflops": 0.6} and "gb_per_s" not in b32["at_target"]
+    assert b32["at_target"]["gflops_per_s"] == pytest.approx(1.5 * 100.0 * 0.6)
 
 
 def test_quick_loader_phase_measures_the_ra_transform_and_loaders_on_both_sides(run):

@@ -61,6 +61,16 @@ class LoaderBench:
 
 
 @dataclasses.dataclass(frozen=True)
+class RooflineBench:
+    """The machine's peaks (`mv2jax.bench.roofline`): a square fp32 matmul of `matmul_size` (XLA's CPU backend
+    runs 2048 at its best GEMM rate) and memory passes over float32 arrays of `memory_mib` each (far beyond
+    any cache)."""
+
+    matmul_size: int = 2048
+    memory_mib: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
 class BenchConfig:
     """One benchmark run. `target_run_s`: each timed run repeats the call until it lasts about this long;
     `min_iters`/`repeats`/`warmup`: lower bound on calls per run, number of timed runs, untimed warm-up calls."""
@@ -78,6 +88,7 @@ class BenchConfig:
     recipe: TrainRecipe = TrainRecipe()
     augment: AugmentRecipe = AugmentRecipe()
     loader: LoaderBench = LoaderBench()
+    roofline: RooflineBench = RooflineBench()
 
     def resolved_threads(self) -> int:
         return self.threads or available_cores()
@@ -94,6 +105,7 @@ class BenchConfig:
         loader = dict(data["loader"])
         loader["sides"], loader["workers"] = tuple(loader["sides"]), tuple(loader["workers"])
         data["loader"] = LoaderBench(**loader)
+        data["roofline"] = RooflineBench(**data.get("roofline", {}))
         return cls(**data)
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from mv2jax.bench.loader_report import format_loader_section, summarize_loader
+from mv2jax.bench.roofline import requirements
 
 # The project's targets: mv2jax / timm-best throughput ratios, and the train-step compile budget (seconds).
 TARGET_INFER_RATIO = 1.5
 TARGET_TRAIN_RATIO = 1.5
 TARGET_TRAIN_COMPILE_S = 10.0
+_TARGET_RATIOS = {"inference": TARGET_INFER_RATIO, "train": TARGET_TRAIN_RATIO}
 
 
 def _ok(results: list[dict], **match: Any) -> list[dict]:
@@ -34,6 +36,37 @@ def _compare(results: list[dict], mode: str, batch: int) -> dict[str, Any]:
         out["per_variant"] = {r["variant"]: r["images_per_s"]["median"] / base for r in mv2}
         if out["mv2jax_best"]:
             out["ratio"] = out["mv2jax_best"]["images_per_s"] / base
+    return out
+
+
+def _cost_per_image(results: list[dict], mode: str, variant: str, batch: int) -> dict[str, float] | None:
+    """XLA's cost per image of an mv2jax variant at `batch`. Where XLA could not count it (the fused network's
+    loop over groups of images), the flops per image from another batch size of the same variant (they do not
+    depend on the batch; the bytes do, so those are left out)."""
+    runs = [r for r in _ok(results, side="mv2jax", mode=mode, variant=variant) if "cost_per_image" in r["compile"]]
+    same = [r for r in runs if r["batch_size"] == batch]
+    if same:
+        return same[0]["compile"]["cost_per_image"]
+    return {"gflops": runs[0]["compile"]["cost_per_image"]["gflops"]} if runs else None
+
+
+def _roofline(results: list[dict], summary: dict[str, Any]) -> dict[str, Any] | None:
+    """For each compared (mode, batch): what mv2jax's best variant uses of the machine's peaks now, and what it
+    would need at the target ratio (`mv2jax.bench.roofline.requirements`)."""
+    machine = _ok(results, mode="roofline")
+    if not machine:
+        return None
+    out: dict[str, Any] = {"machine": {k: machine[0][k] for k in ("matmul_gflops_per_s", "memory_gb_per_s")}}
+    for mode, target in _TARGET_RATIOS.items():
+        for batch, comp in summary.get(mode, {}).items():
+            best, timm = comp["mv2jax_best"], comp["timm_best"]
+            cost = best and _cost_per_image(results, mode, best["variant"], int(batch))
+            if cost is None or timm is None:
+                continue
+            out.setdefault(mode, {})[batch] = {
+                "variant": best["variant"], "cost_per_image": cost,
+                "now": requirements(best["images_per_s"], cost, machine[0]),
+                "at_target": requirements(target * timm["images_per_s"], cost, machine[0])}
     return out
 
 
@@ -61,6 +94,9 @@ def summarize(results: list[dict], batch_sizes: tuple[int, ...], train_batch: in
     loader = summarize_loader(results)
     if loader is not None:
         summary["loader"] = loader
+    roofline = _roofline(results, summary)
+    if roofline is not None:
+        summary["roofline"] = roofline
     return summary
 
 
@@ -87,12 +123,29 @@ def _row(r: dict, summary: dict) -> str:
 def _cost_lines(results: list[dict]) -> list[str]:
     lines = []
     for r in _ok(results, side="mv2jax"):
-        if r["mode"] == "loader":
+        if r["mode"] not in ("inference", "train"):
             continue
         cost = r["compile"].get("cost_per_image")
         if cost:
             lines.append(f"  {r['mode']:<9} {r['variant']:<22} b={r['batch_size']:<3} "
                          f"{cost['gflops']:.3f} GFLOP/image, {cost['mib_accessed']:.1f} MiB accessed/image")
+    return lines
+
+
+def _needs(req: dict[str, float]) -> str:
+    text = f"{req['images_per_s']:.1f} img/s: {req['gflops_per_s']:.0f} GFLOP/s ({req['of_matmul_peak']:.0%})"
+    return text + (f", {req['gb_per_s']:.1f} GB/s ({req['of_memory_peak']:.0%})" if "gb_per_s" in req else "")
+
+
+def _roofline_lines(roofline: dict[str, Any]) -> list[str]:
+    m = roofline["machine"]
+    lines = [f"roofline: XLA on these cores reaches {m['matmul_gflops_per_s']['median']:.0f} GFLOP/s (fp32 "
+             f"matmul) and {m['memory_gb_per_s']['best']:.1f} GB/s (memory); mv2jax's best variant uses, of those "
+             "peaks (XLA's flops and bytes accessed per image x images/s; bytes include cache hits):"]
+    for mode, target in _TARGET_RATIOS.items():
+        for batch, row in roofline.get(mode, {}).items():
+            lines.append(f"  {mode:<9} b={batch:<3} {row['variant']:<22} now {_needs(row['now'])}")
+            lines.append(f"  {'':<38} at {target:g}x timm {_needs(row['at_target'])}")
     return lines
 
 
@@ -110,7 +163,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"{'mode':<9} {'side':<6} {'variant':<22} {'batch':>5} {'img/s':>9} {'min-max':^17} {'sprd':>6} "
         f"{'/timm':>6} {'jit1st s':>8} {'AOT s':>8} {'cached s':>8} {'RSS MiB':>8} {'XLAtmp':>8}",
     ]
-    lines += [_row(r, summary) for r in results if r["mode"] != "loader"]
+    lines += [_row(r, summary) for r in results if r["mode"] in ("inference", "train")]
     lines += ["", "mv2jax best / timm best (images/s):"]
     for mode in ("inference", "train"):
         for batch, comp in summary.get(mode, {}).items():
@@ -123,6 +176,8 @@ def format_report(report: dict[str, Any]) -> str:
     if "loader" in summary:
         lines += [""] + format_loader_section(report)
     lines += ["", "XLA cost analysis per image:"] + _cost_lines(results)
+    if "roofline" in summary:
+        lines += [""] + _roofline_lines(summary["roofline"])
     met = summary["targets_met"].items()
     lines += ["", "targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in met)]
     lines += ["columns: jit1st s = first call minus steady step (trace+compile); AOT s = lower()+compile() after "
