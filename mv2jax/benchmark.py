@@ -4,13 +4,13 @@ Measures inference images/s (per batch size, fp32, every mv2jax `conv_impl`, the
 `fuse_for_inference` network, and timm eager / channels_last / torch.compile), the RA-recipe train step images/s,
 jit and torch.compile times, peak RSS and XLA's memory and cost analyses, and the data loader's images/s with the
 RA train transform on ImageNet-sized JPEGs (mv2jax's transform and grain loader vs timm's transform and
-DataLoader, next to the train step's images/s), and this machine's peaks as XLA reaches them (fp32 matmul
-GFLOP/s, memory GB/s) with what each target throughput would need of them (`mv2jax.bench.roofline`); prints a
-table and writes JSON (`--output`). Each phase (side x
-mode x variant) runs in a fresh subprocess so its RSS high-water mark and compile times are its own; phases run
-one after another. `--phases` picks some of them. Both sides run with the same host allocator setting, named in the
-report: glibc's as the environment has it, or (`--host-allocator train`) the tunables train.py runs with
-(`mv2jax.host_memory`), under which PyTorch's inference, too, stops page-faulting on big buffers.
+DataLoader, next to the train step's images/s). It also measures this machine's peaks as XLA reaches them (fp32
+matmul GFLOP/s, memory GB/s) and what each target throughput would need of them (`mv2jax.bench.roofline`).
+Prints a table and writes JSON (`--output`). Each phase (side x mode x variant) runs in a fresh subprocess so its
+RSS high-water mark and compile times are its own; phases run one after another. `--phases` picks some of them.
+Both sides run with the same host allocator setting, named in the report: glibc's as the environment has it, or
+(`--host-allocator train`) the tunables train.py runs with (`mv2jax.host_memory`), under which PyTorch's
+inference, too, stops page-faulting on big buffers.
 """
 
 from __future__ import annotations
