@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mv2jax import host_memory
-from mv2jax.bench.common import BenchConfig, LoaderBench, RooflineBench, available_cores, machine_info
+from mv2jax.bench.common import MODEL_MODES, BenchConfig, LoaderBench, RooflineBench, available_cores, machine_info
 from mv2jax.bench.report import format_report, summarize
 from mv2jax.bench.sample_jpegs import describe_image_folder, write_sample_jpegs
 
@@ -181,8 +181,7 @@ def _run_phases(args: argparse.Namespace, cfg: BenchConfig, phases: list[Phase],
         for r in phase_results:  # the load average says how much other work shared the cores meanwhile
             r["phase_wall_s"], r["load_avg_1min_after"] = time.perf_counter() - t_phase, os.getloadavg()[0]
         results += phase_results
-    mv2 = [r for r in results if r["side"] == "mv2jax" and r.get("status") == "ok"
-           and r["mode"] in ("inference", "train")]
+    mv2 = [r for r in results if r["side"] == "mv2jax" and r.get("status") == "ok" and r["mode"] in MODEL_MODES]
     return {
         "config": cfg.to_json(),
         "machine": machine_info(),

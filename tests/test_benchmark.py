@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mv2jax.bench.common import MODEL_MODES
 from mv2jax.bench.report import summarize
 from mv2jax.bench.roofline import requirements
 from mv2jax.benchmark import Phase, parse_args, plan
@@ -80,7 +81,7 @@ def test_quick_report_has_every_measurement_with_sane_values(report):
 
 
 def test_quick_report_has_xla_compile_memory_and_cost_analyses(report):
-    for r in (r for r in report["results"] if r["side"] == "mv2jax" and r["mode"] in ("inference", "train")):
+    for r in (r for r in report["results"] if r["side"] == "mv2jax" and r["mode"] in MODEL_MODES):
         c = r["compile"]
         assert _positive(c["lower_s"]) and _positive(c["compile_s"])
         assert _positive(c["memory_mib"]["argument"]) and c["memory_mib"]["temp"] >= 0

@@ -17,6 +17,7 @@ from importlib import metadata
 from typing import Any
 
 MIB = 2**20
+MODEL_MODES = ("inference", "train")  # the phases that run a network (the others: 'loader', 'roofline')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mv2jax.bench.common import MODEL_MODES
 from mv2jax.bench.loader_report import format_loader_section, summarize_loader
 from mv2jax.bench.roofline import requirements
 
@@ -123,7 +124,7 @@ def _row(r: dict, summary: dict) -> str:
 def _cost_lines(results: list[dict]) -> list[str]:
     lines = []
     for r in _ok(results, side="mv2jax"):
-        if r["mode"] not in ("inference", "train"):
+        if r["mode"] not in MODEL_MODES:
             continue
         cost = r["compile"].get("cost_per_image")
         if cost:
@@ -163,9 +164,9 @@ def format_report(report: dict[str, Any]) -> str:
         f"{'mode':<9} {'side':<6} {'variant':<22} {'batch':>5} {'img/s':>9} {'min-max':^17} {'sprd':>6} "
         f"{'/timm':>6} {'jit1st s':>8} {'AOT s':>8} {'cached s':>8} {'RSS MiB':>8} {'XLAtmp':>8}",
     ]
-    lines += [_row(r, summary) for r in results if r["mode"] in ("inference", "train")]
+    lines += [_row(r, summary) for r in results if r["mode"] in MODEL_MODES]
     lines += ["", "mv2jax best / timm best (images/s):"]
-    for mode in ("inference", "train"):
+    for mode in MODEL_MODES:
         for batch, comp in summary.get(mode, {}).items():
             mb, tb = comp["mv2jax_best"] or {}, comp["timm_best"] or {}
             if not (mb or tb):  # that mode did not run (--phases)

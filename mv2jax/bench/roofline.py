@@ -28,7 +28,7 @@ def _rate(call, units_per_call: float, cfg: BenchConfig) -> dict[str, Any]:
 
 def roofline_phase(cfg: BenchConfig) -> list[dict[str, Any]]:
     """Matmul GFLOP/s and memory GB/s of this process's cores, as XLA reaches them (sizes: `cfg.roofline`)."""
-    n, elements = cfg.roofline.matmul_size, cfg.roofline.memory_mib * 2**20 // 4
+    n, elements = cfg.roofline.matmul_size, cfg.roofline.memory_mib * MIB // 4
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     matmul = jax.jit(jnp.matmul)
