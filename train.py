@@ -37,13 +37,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"train.py: error: {e}", file=sys.stderr, flush=True)
         return 2
     if result.preempted:
-        print(f"SIGTERM: checkpoint saved at update {result.step} (epoch {result.epochs_done}) in "
-              f"{result.run_dir}; rerun the same command to resume", flush=True)
+        print(
+            f"SIGTERM: checkpoint saved at update {result.step} (epoch {result.epochs_done}) in "
+            f"{result.run_dir}; rerun the same command to resume",
+            flush=True,
+        )
         return 0
     lines = [_metrics_text("raw", result.eval), _metrics_text("EMA", result.eval_ema)]
     best = f", best checkpoint: checkpoints/{result.best_step}" if result.best_step is not None else ""
-    print(f"Done: {result.epochs_done} epochs in {result.wall_time:.0f} s; " + "; ".join(x for x in lines if x)
-          + f" (held-out split){best}; output {result.run_dir}", flush=True)
+    print(
+        f"Done: {result.epochs_done} epochs in {result.wall_time:.0f} s; "
+        + "; ".join(x for x in lines if x)
+        + f" (held-out split){best}; output {result.run_dir}",
+        flush=True,
+    )
     return 0
 
 

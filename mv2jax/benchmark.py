@@ -34,9 +34,16 @@ from mv2jax.bench.sample_jpegs import describe_image_folder, write_sample_jpegs
 
 CONV_IMPLS = ("cpu", "xla")
 FUSED_VARIANT = "fused"  # inference only: `fuse_for_inference` of the model (conv_impl 'auto')
-QUICK = dict(model="mobilenetv2_035", img_size=64, repeats=2, warmup=1, min_iters=2, target_run_s=0.0,
-             loader=LoaderBench(images=8, sides=(48, 96), repeats=2),
-             roofline=RooflineBench(matmul_size=256, memory_mib=4))
+QUICK = dict(
+    model="mobilenetv2_035",
+    img_size=64,
+    repeats=2,
+    warmup=1,
+    min_iters=2,
+    target_run_s=0.0,
+    loader=LoaderBench(images=8, sides=(48, 96), repeats=2),
+    roofline=RooflineBench(matmul_size=256, memory_mib=4),
+)
 LOADER_VARIANT = "ra"  # the loader phases measure the RA recipe's train transform
 ROOFLINE = ("mv2jax", "roofline", "xla")  # the machine's matmul and memory peaks, as XLA reaches them
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -103,8 +110,17 @@ def run_phase(phase: Phase, cfg: BenchConfig) -> list[dict[str, Any]]:
 
 def _failed_phase(phase: Phase, cfg: BenchConfig, error: str) -> list[dict[str, Any]]:
     batches = {"inference": sorted(cfg.batch_sizes), "roofline": [0]}.get(phase.mode, [cfg.train_batch_size])
-    return [{"side": phase.side, "mode": phase.mode, "variant": phase.variant, "batch_size": b, "status": "failed",
-             "error": error} for b in batches]
+    return [
+        {
+            "side": phase.side,
+            "mode": phase.mode,
+            "variant": phase.variant,
+            "batch_size": b,
+            "status": "failed",
+            "error": error,
+        }
+        for b in batches
+    ]
 
 
 def run_isolated(phase: Phase, cfg: BenchConfig, timeout_s: float) -> list[dict[str, Any]]:
@@ -114,8 +130,17 @@ def run_isolated(phase: Phase, cfg: BenchConfig, timeout_s: float) -> list[dict[
         cfg_path.write_text(json.dumps(cfg.to_json()))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
-        cmd = [sys.executable, "-m", "mv2jax.benchmark", "--phase", phase.name, "--config-json", str(cfg_path),
-               "--phase-output", str(out_path)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mv2jax.benchmark",
+            "--phase",
+            phase.name,
+            "--config-json",
+            str(cfg_path),
+            "--phase-output",
+            str(out_path),
+        ]
         try:
             proc = subprocess.run(cmd, env=env, timeout=timeout_s, capture_output=True, text=True)
         except subprocess.TimeoutExpired:
@@ -133,17 +158,28 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             fields[key] = getattr(args, key)
     if args.batch_sizes is not None:
         fields["batch_sizes"] = tuple(args.batch_sizes)
-    loader = {k: v for k, v in (("images", args.loader_images), ("data_dir", args.loader_data_dir),
-                                ("workers", args.loader_workers and tuple(args.loader_workers))) if v is not None}
+    loader = {
+        k: v
+        for k, v in (
+            ("images", args.loader_images),
+            ("data_dir", args.loader_data_dir),
+            ("workers", args.loader_workers and tuple(args.loader_workers)),
+        )
+        if v is not None
+    }
     fields["loader"] = dataclasses.replace(fields.get("loader", LoaderBench()), **loader)
     return BenchConfig(**fields)
 
 
 def _threads_info(cfg: BenchConfig) -> dict[str, Any]:
     n = cfg.resolved_threads()
-    return {"count": n, "description": (
-        f"{n} (each phase pinned to {n} cores; torch.set_num_threads({n}) + set_num_interop_threads({n}); "
-        f"XLA:CPU sizes its intra-op pool to the process's {n} cores)")}
+    return {
+        "count": n,
+        "description": (
+            f"{n} (each phase pinned to {n} cores; torch.set_num_threads({n}) + set_num_interop_threads({n}); "
+            f"XLA:CPU sizes its intra-op pool to the process's {n} cores)"
+        ),
+    }
 
 
 def _pin_cores(threads: int) -> None:
@@ -164,20 +200,21 @@ def run_all(args: argparse.Namespace, cfg: BenchConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="mv2jax_loader_bench_") as tmp:
         print(f"[benchmark] writing {cfg.loader.images} sample JPEGs to {tmp} ...", file=sys.stderr, flush=True)
         data = write_sample_jpegs(tmp, cfg.loader.images, cfg.loader.sides)
-        return _run_phases(args, dataclasses.replace(cfg, loader=dataclasses.replace(cfg.loader, data_dir=tmp)),
-                           phases, data)
+        return _run_phases(
+            args, dataclasses.replace(cfg, loader=dataclasses.replace(cfg.loader, data_dir=tmp)), phases, data
+        )
 
 
-def _run_phases(args: argparse.Namespace, cfg: BenchConfig, phases: list[Phase],
-                loader_data: dict[str, Any] | None) -> dict[str, Any]:
+def _run_phases(
+    args: argparse.Namespace, cfg: BenchConfig, phases: list[Phase], loader_data: dict[str, Any] | None
+) -> dict[str, Any]:
     """Every phase in `phases` (isolated unless `--no-isolate`), then the summary."""
     t0, load_before = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
     results: list[dict[str, Any]] = []
     for phase in phases:
         print(f"[benchmark] {phase.name} ...", file=sys.stderr, flush=True)
         t_phase = time.perf_counter()
-        phase_results = (run_phase(phase, cfg) if args.no_isolate
-                         else run_isolated(phase, cfg, args.phase_timeout))
+        phase_results = run_phase(phase, cfg) if args.no_isolate else run_isolated(phase, cfg, args.phase_timeout)
         for r in phase_results:  # the load average says how much other work shared the cores meanwhile
             r["phase_wall_s"], r["load_avg_1min_after"] = time.perf_counter() - t_phase, os.getloadavg()[0]
         results += phase_results
@@ -209,24 +246,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls after the first (compile) call")
     p.add_argument("--threads", type=int, default=None, help="cores for both sides (default: all available)")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny run for tests: mobilenetv2_035 at 64 px, 2 short runs, no torch.compile")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny run for tests: mobilenetv2_035 at 64 px, 2 short runs, no torch.compile",
+    )
     p.add_argument("--skip-timm", action="store_true", help="measure mv2jax only")
     p.add_argument("--skip-train", action="store_true", help="inference only")
     p.add_argument("--skip-loader", action="store_true", help="no data loader phases")
-    p.add_argument("--phases", nargs="+", default=None, metavar="PATTERN",
-                   help="run only the phases matching a glob on side:mode:variant (e.g. 'timm:train:*') or equal "
-                        "to one part of it (e.g. 'loader', 'mv2jax'); the rest of the flags still apply")
-    p.add_argument("--loader-images", type=int, default=None,
-                   help="images per timed loader run, and sample JPEGs written (default 256)")
-    p.add_argument("--loader-workers", type=int, nargs="+", default=None, metavar="J",
-                   help="loader worker processes to measure, as -j (default 0 2)")
-    p.add_argument("--loader-data-dir", default=None,
-                   help="ImageFolder (DIR[/train]/<class>/<image>) to load instead of sample JPEGs")
+    p.add_argument(
+        "--phases",
+        nargs="+",
+        default=None,
+        metavar="PATTERN",
+        help="run only the phases matching a glob on side:mode:variant (e.g. 'timm:train:*') or equal "
+        "to one part of it (e.g. 'loader', 'mv2jax'); the rest of the flags still apply",
+    )
+    p.add_argument(
+        "--loader-images",
+        type=int,
+        default=None,
+        help="images per timed loader run, and sample JPEGs written (default 256)",
+    )
+    p.add_argument(
+        "--loader-workers",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="J",
+        help="loader worker processes to measure, as -j (default 0 2)",
+    )
+    p.add_argument(
+        "--loader-data-dir",
+        default=None,
+        help="ImageFolder (DIR[/train]/<class>/<image>) to load instead of sample JPEGs",
+    )
     p.add_argument("--no-torch-compile", action="store_true", help="skip timm's torch.compile variants")
-    p.add_argument("--host-allocator", choices=("default", "train"), default="default",
-                   help="glibc malloc as the environment has it (default), or with the tunables train.py runs "
-                        "with (mv2jax.host_memory: no page faults on big per-step buffers); both sides alike")
+    p.add_argument(
+        "--host-allocator",
+        choices=("default", "train"),
+        default="default",
+        help="glibc malloc as the environment has it (default), or with the tunables train.py runs "
+        "with (mv2jax.host_memory: no page faults on big per-step buffers); both sides alike",
+    )
     p.add_argument("--no-isolate", action="store_true", help="run phases in this process (RSS then accumulates)")
     p.add_argument("--phase-timeout", type=float, default=3600.0, help="seconds before a phase is abandoned")
     p.add_argument("--output", default=None, help="write the JSON report here")

@@ -34,8 +34,11 @@ from collections.abc import Mapping
 
 OPT_OUT = "MV2JAX_HOST_ALLOCATOR"
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
-HEAP_TUNABLES = {"glibc.malloc.mmap_max": "0", "glibc.malloc.arena_max": "1",
-                 "glibc.malloc.trim_threshold": str(64 * 2**30)}
+HEAP_TUNABLES = {
+    "glibc.malloc.mmap_max": "0",
+    "glibc.malloc.arena_max": "1",
+    "glibc.malloc.trim_threshold": str(64 * 2**30),
+}
 HUGEPAGE_TUNABLES = {"glibc.malloc.hugetlb": "1"}
 
 
@@ -56,7 +59,7 @@ def thp_mode() -> str | None:
     except OSError:
         return None
     start, end = text.find("["), text.find("]")
-    return text[start + 1:end] if 0 <= start < end else None
+    return text[start + 1 : end] if 0 <= start < end else None
 
 
 def tunables() -> dict[str, str]:

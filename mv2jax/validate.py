@@ -47,79 +47,146 @@ RESULTS_FORMATS = ("csv", "json")
 
 # --- command line (timm's validate.py flag names and help text) ---------------------------------------------------
 
+
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", nargs="?", metavar="DIR", const=None,
-                        help="path to dataset (*deprecated*, use --data-dir)")
+    parser.add_argument(
+        "data", nargs="?", metavar="DIR", const=None, help="path to dataset (*deprecated*, use --data-dir)"
+    )
     parser.add_argument("--data-dir", metavar="DIR", help="path to dataset (root dir)")
-    parser.add_argument("--dataset", metavar="NAME", default="",
-                        help=f"dataset type + name: {DATASET_NAMES_HELP} (default: ImageFolder if empty)")
+    parser.add_argument(
+        "--dataset",
+        metavar="NAME",
+        default="",
+        help=f"dataset type + name: {DATASET_NAMES_HELP} (default: ImageFolder if empty)",
+    )
     parser.add_argument("--split", metavar="NAME", default="validation", help="dataset split (default: validation)")
-    parser.add_argument("-j", "--workers", default=4, type=int, metavar="N",
-                        help="number of data loading workers (default: 4)")
-    parser.add_argument("-b", "--batch-size", default=256, type=int, metavar="N",
-                        help="mini-batch size (default: 256)")
-    parser.add_argument("--img-size", default=None, type=int, metavar="N",
-                        help="Input image dimension, uses model default if empty")
-    parser.add_argument("--input-size", default=None, nargs=3, type=int, metavar="N",
-                        help="Input all image dimensions (d h w, e.g. --input-size 3 224 224), uses model default if "
-                             "empty")
-    parser.add_argument("--use-train-size", action="store_true", default=False,
-                        help="force use of train input size, even when test size is specified in pretrained cfg")
+    parser.add_argument(
+        "-j", "--workers", default=4, type=int, metavar="N", help="number of data loading workers (default: 4)"
+    )
+    parser.add_argument("-b", "--batch-size", default=256, type=int, metavar="N", help="mini-batch size (default: 256)")
+    parser.add_argument(
+        "--img-size", default=None, type=int, metavar="N", help="Input image dimension, uses model default if empty"
+    )
+    parser.add_argument(
+        "--input-size",
+        default=None,
+        nargs=3,
+        type=int,
+        metavar="N",
+        help="Input all image dimensions (d h w, e.g. --input-size 3 224 224), uses model default if empty",
+    )
+    parser.add_argument(
+        "--use-train-size",
+        action="store_true",
+        default=False,
+        help="force use of train input size, even when test size is specified in pretrained cfg",
+    )
     parser.add_argument("--crop-pct", default=None, type=float, metavar="N", help="Input image center crop pct")
-    parser.add_argument("--crop-mode", default=None, type=str, metavar="N",
-                        help="Input image crop mode (squash, border, center). Model default if None.")
+    parser.add_argument(
+        "--crop-mode",
+        default=None,
+        type=str,
+        metavar="N",
+        help="Input image crop mode (squash, border, center). Model default if None.",
+    )
     parser.add_argument("--crop-border-pixels", type=int, default=None, help="Crop pixels from image border.")
-    parser.add_argument("--mean", type=float, nargs="+", default=None, metavar="MEAN",
-                        help="Override mean pixel value of dataset")
-    parser.add_argument("--std", type=float, nargs="+", default=None, metavar="STD",
-                        help="Override std deviation of of dataset")
-    parser.add_argument("--interpolation", default="", type=str, metavar="NAME",
-                        help="Image resize interpolation type (overrides model)")
+    parser.add_argument(
+        "--mean", type=float, nargs="+", default=None, metavar="MEAN", help="Override mean pixel value of dataset"
+    )
+    parser.add_argument(
+        "--std", type=float, nargs="+", default=None, metavar="STD", help="Override std deviation of of dataset"
+    )
+    parser.add_argument(
+        "--interpolation",
+        default="",
+        type=str,
+        metavar="NAME",
+        help="Image resize interpolation type (overrides model)",
+    )
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", "-m", metavar="NAME", default=DEFAULT_MODEL,
-                        help=f"model architecture (default: {DEFAULT_MODEL})")
-    parser.add_argument("--pretrained", dest="pretrained", action="store_true",
-                        help="use pre-trained model (timm's Hub weights, through huggingface_hub's cache)")
+    parser.add_argument(
+        "--model", "-m", metavar="NAME", default=DEFAULT_MODEL, help=f"model architecture (default: {DEFAULT_MODEL})"
+    )
+    parser.add_argument(
+        "--pretrained",
+        dest="pretrained",
+        action="store_true",
+        help="use pre-trained model (timm's Hub weights, through huggingface_hub's cache)",
+    )
     parser.add_argument("--num-classes", type=int, default=None, help="Number classes in dataset")
-    parser.add_argument("--gp", default=None, type=str, metavar="POOL",
-                        help="Global pool type, one of (avg, max, avgmax, catavgmax). Model default if None.")
-    parser.add_argument("--checkpoint", default="", type=str, metavar="PATH",
-                        help="path to latest checkpoint (.safetensors, .pth/.bin, or an mv2jax checkpoint "
-                             "directory) (default: none)")
-    parser.add_argument("--use-ema", dest="use_ema", action="store_true",
-                        help="use ema version of weights if present")
-    parser.add_argument("--amp", action="store_true", default=False,
-                        help="use mixed precision inference (float32 weights, --amp-dtype compute)")
-    parser.add_argument("--amp-dtype", default="bfloat16", type=str, choices=tuple(AMP_DTYPES),
-                        help="lower precision AMP dtype (default: bfloat16, the TPU/XLA-native type; timm's "
-                             "default is float16)")
-    parser.add_argument("--conv-impl", default="auto", choices=CONV_IMPLS,
-                        help="convolution implementation (default: auto, picked per backend)")
+    parser.add_argument(
+        "--gp",
+        default=None,
+        type=str,
+        metavar="POOL",
+        help="Global pool type, one of (avg, max, avgmax, catavgmax). Model default if None.",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default="",
+        type=str,
+        metavar="PATH",
+        help="path to latest checkpoint (.safetensors, .pth/.bin, or an mv2jax checkpoint directory) (default: none)",
+    )
+    parser.add_argument("--use-ema", dest="use_ema", action="store_true", help="use ema version of weights if present")
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        default=False,
+        help="use mixed precision inference (float32 weights, --amp-dtype compute)",
+    )
+    parser.add_argument(
+        "--amp-dtype",
+        default="bfloat16",
+        type=str,
+        choices=tuple(AMP_DTYPES),
+        help="lower precision AMP dtype (default: bfloat16, the TPU/XLA-native type; timm's default is float16)",
+    )
+    parser.add_argument(
+        "--conv-impl",
+        default="auto",
+        choices=CONV_IMPLS,
+        help="convolution implementation (default: auto, picked per backend)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mv2jax.validate", description="JAX ImageNet Validation")
     _add_data_args(parser)
     _add_model_args(parser)
-    parser.add_argument("--log-freq", default=10, type=int, metavar="N",
-                        help="batch logging frequency (default: 10)")
-    parser.add_argument("--results-file", default="", type=str, metavar="FILENAME",
-                        help="Output csv file for validation results (summary)")
-    parser.add_argument("--results-format", default=None, type=str, choices=RESULTS_FORMATS,
-                        help="Format for results file one of (csv, json) (default: json for a .json file, else csv)")
+    parser.add_argument("--log-freq", default=10, type=int, metavar="N", help="batch logging frequency (default: 10)")
+    parser.add_argument(
+        "--results-file",
+        default="",
+        type=str,
+        metavar="FILENAME",
+        help="Output csv file for validation results (summary)",
+    )
+    parser.add_argument(
+        "--results-format",
+        default=None,
+        type=str,
+        choices=RESULTS_FORMATS,
+        help="Format for results file one of (csv, json) (default: json for a .json file, else csv)",
+    )
     return parser
 
 
 # --- model, data -----------------------------------------------------------------------------------------------
 
+
 def load_model(args: argparse.Namespace) -> MobileNetV2:
     """The model in eval mode: --checkpoint loaded strictly (timm's `load_checkpoint`), else the Hub weights
     (fetched before the model is built for them, so that offline it fails at once). With --checkpoint, the
     Hub weights that timm would load first and then overwrite entirely are skipped."""
-    kwargs = dict(num_classes=args.num_classes, global_pool=args.gp if args.gp is not None else "avg",
-                  dtype=AMP_DTYPES[args.amp_dtype] if args.amp else None, conv_impl=args.conv_impl)
+    kwargs = dict(
+        num_classes=args.num_classes,
+        global_pool=args.gp if args.gp is not None else "avg",
+        dtype=AMP_DTYPES[args.amp_dtype] if args.amp else None,
+        conv_impl=args.conv_impl,
+    )
     model = create_model(args.model, **kwargs)
     if args.checkpoint:
         state_dict = read_checkpoint(args.checkpoint, use_ema=args.use_ema)
@@ -145,8 +212,10 @@ def _check_num_classes(state_dict: dict, model: MobileNetV2, args: argparse.Name
     """A checkpoint whose classifier has another class count: say which --num-classes fits."""
     weight = state_dict.get("classifier.weight")
     if args.num_classes is None and weight is not None and weight.shape[0] != model.num_classes:
-        raise ValueError(f"{args.checkpoint} has a {weight.shape[0]}-class classifier, {args.model} has "
-                         f"{model.num_classes}: pass --num-classes {weight.shape[0]}")
+        raise ValueError(
+            f"{args.checkpoint} has a {weight.shape[0]}-class classifier, {args.model} has "
+            f"{model.num_classes}: pass --num-classes {weight.shape[0]}"
+        )
 
 
 def param_count(model: nnx.Module) -> int:
@@ -156,8 +225,9 @@ def param_count(model: nnx.Module) -> int:
 
 def resolve_eval_config(args: argparse.Namespace, model: MobileNetV2) -> dict[str, Any]:
     """timm's `resolve_data_config(vars(args), model=model, use_test_size=not args.use_train_size)`."""
-    overrides = {k: getattr(args, k) for k in ("input_size", "img_size", "interpolation", "mean", "std",
-                                               "crop_pct", "crop_mode")}
+    overrides = {
+        k: getattr(args, k) for k in ("input_size", "img_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+    }
     config = resolve_data_config(model, args=overrides, use_test_size=not args.use_train_size)
     if config["input_size"][0] != 3:
         raise ValueError(f"input size {config['input_size']}: mv2jax.validate reads RGB images (3 channels)")
@@ -173,15 +243,23 @@ def build_eval_loader(args: argparse.Namespace, config: dict[str, Any], num_devi
     if args.batch_size % num_devices:
         raise ValueError(f"--batch-size {args.batch_size} must be a multiple of the {num_devices} devices")
     dataset = create_dataset(args.dataset, root=args.data or args.data_dir, split=args.split)
-    transform = create_transform(config["input_size"], is_training=False, interpolation=config["interpolation"],
-                                 mean=config["mean"], std=config["std"], crop_pct=config["crop_pct"],
-                                 crop_mode=config["crop_mode"], crop_border_pixels=args.crop_border_pixels)
+    transform = create_transform(
+        config["input_size"],
+        is_training=False,
+        interpolation=config["interpolation"],
+        mean=config["mean"],
+        std=config["std"],
+        crop_pct=config["crop_pct"],
+        crop_mode=config["crop_mode"],
+        crop_border_pixels=args.crop_border_pixels,
+    )
     batch_size = min(args.batch_size, -(-len(dataset) // num_devices) * num_devices)
     loader = create_loader(dataset, transform, batch_size=batch_size, is_training=False, num_workers=args.workers)
     return dataset, loader
 
 
 # --- evaluation ------------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Predictions:
@@ -218,8 +296,12 @@ def make_predict_fn(model: MobileNetV2, mesh: jax.sharding.Mesh, image_shape: Se
     start = time.time()
     jitted = jax.jit(predict, out_shardings=replicated(mesh), compiler_options=net.compiler_options)
     compiled = jitted.lower(params, images, labels).compile()
-    _logger.info("Compiled the eval forward for %s on %d device(s) in %.1fs", tuple(image_shape),
-                 mesh.devices.size, time.time() - start)
+    _logger.info(
+        "Compiled the eval forward for %s on %d device(s) in %.1fs",
+        tuple(image_shape),
+        mesh.devices.size,
+        time.time() - start,
+    )
     return lambda b: compiled(params, b["image"], b["label"])
 
 
@@ -233,8 +315,13 @@ class _Meters:
 
     def update(self, index: int, loss: np.ndarray, top1: np.ndarray, top5: np.ndarray, batch_size: int) -> None:
         now, n = time.time(), len(loss)
-        val = {"time": now - self.end, "loss": float(np.sum(loss, dtype=np.float64)), "top1": int(top1.sum()),
-               "top5": int(top5.sum()), "count": n}
+        val = {
+            "time": now - self.end,
+            "loss": float(np.sum(loss, dtype=np.float64)),
+            "top1": int(top1.sum()),
+            "top5": int(top5.sum()),
+            "count": n,
+        }
         self.end = now
         for key in self.sums:
             self.sums[key] += val[key]
@@ -246,11 +333,13 @@ class _Meters:
                 f"{batch_size / max(avg_time, 1e-9):>7.2f}/s)  Loss: {val['loss'] / max(n, 1):>7.4f} "
                 f"({s['loss'] / max(s['count'], 1):>6.4f})  Acc@1: {pct(val['top1'], n):>7.3f} "
                 f"({pct(s['top1'], s['count']):>7.3f})  Acc@5: {pct(val['top5'], n):>7.3f} "
-                f"({pct(s['top5'], s['count']):>7.3f})")
+                f"({pct(s['top5'], s['count']):>7.3f})"
+            )
 
 
-def evaluate(predict: Callable, batches: Iterable[dict], mesh: jax.sharding.Mesh, num_batches: int,
-             log_freq: int = 10) -> Predictions:
+def evaluate(
+    predict: Callable, batches: Iterable[dict], mesh: jax.sharding.Mesh, num_batches: int, log_freq: int = 10
+) -> Predictions:
     """Run `predict` over every batch (one batch in flight while the previous one's outputs are read) and
     gather the real examples' outputs in order. A corrupt image raises `UnreadableImageError` naming it."""
     meters = _Meters(num_batches, log_freq)
@@ -258,8 +347,11 @@ def evaluate(predict: Callable, batches: Iterable[dict], mesh: jax.sharding.Mesh
 
     def consume(index: int, batch: dict, out: dict) -> None:
         mask = np.asarray(batch["mask"])  # the global batch's mask: global outputs below are in the same order
-        label, top, loss = np.asarray(batch["label"])[mask], np.asarray(out["topk"])[mask], np.asarray(
-            out["loss"])[mask]
+        label, top, loss = (
+            np.asarray(batch["label"])[mask],
+            np.asarray(out["topk"])[mask],
+            np.asarray(out["loss"])[mask],
+        )
         labels.append(label)
         topk.append(top)
         losses.append(loss)
@@ -289,6 +381,7 @@ def _host_batch(batch: dict[str, jax.Array], local: dict[str, np.ndarray]) -> di
 
 # --- the command -------------------------------------------------------------------------------------------------
 
+
 def summarise(args: argparse.Namespace, preds: Predictions, num_params: int, config: dict[str, Any]) -> OrderedDict:
     """timm's result dict (model, top1, top1_err, top5, top5_err, param_count, img_size, crop_pct,
     interpolation; percentages rounded to 4 places, params in millions), then `loss` (mean cross entropy)
@@ -298,8 +391,10 @@ def summarise(args: argparse.Namespace, preds: Predictions, num_params: int, con
     top5 = 100.0 * int(preds.correct(TOPK).sum()) / max(count, 1)
     return OrderedDict(
         model=args.model,
-        top1=round(top1, 4), top1_err=round(100 - top1, 4),
-        top5=round(top5, 4), top5_err=round(100 - top5, 4),
+        top1=round(top1, 4),
+        top1_err=round(100 - top1, 4),
+        top5=round(top5, 4),
+        top5_err=round(100 - top5, 4),
         param_count=round(num_params / 1e6, 2),
         img_size=config["input_size"][-1],
         crop_pct=config["crop_pct"],
@@ -320,11 +415,12 @@ def validate_with_predictions(args: argparse.Namespace) -> tuple[OrderedDict, Pr
     mesh = create_mesh()
     dataset, loader = build_eval_loader(args, config, mesh.devices.size)
     if dataset.num_classes > model.num_classes:  # timm fails at the first out-of-range label; say it up front
-        raise ValueError(f"the dataset has {dataset.num_classes} classes, {args.model} has {model.num_classes} "
-                         "outputs: pass --num-classes (and weights) that cover its labels")
+        raise ValueError(
+            f"the dataset has {dataset.num_classes} classes, {args.model} has {model.num_classes} "
+            "outputs: pass --num-classes (and weights) that cover its labels"
+        )
     batch_size = loader.plan.global_batch_size
-    _logger.info("Validating %d examples of %s in %d batches of %d", len(dataset), args.split, len(loader),
-                 batch_size)
+    _logger.info("Validating %d examples of %s in %d batches of %d", len(dataset), args.split, len(loader), batch_size)
     _, height, width = config["input_size"]
     # closing() stops grain's worker processes as soon as the pass ends or fails (not at interpreter exit)
     with contextlib.closing(iter(loader)) as batches:
@@ -332,8 +428,15 @@ def validate_with_predictions(args: argparse.Namespace) -> tuple[OrderedDict, Pr
         predict = make_predict_fn(model, mesh, (batch_size, height, width, 3))
         preds = evaluate(predict, batches, mesh, len(loader), args.log_freq)
     results = summarise(args, preds, num_params, config)
-    _logger.info(" * Acc@1 %.3f (%.3f) Acc@5 %.3f (%.3f) Loss %.4f Count %d", results["top1"],
-                 results["top1_err"], results["top5"], results["top5_err"], results["loss"], results["count"])
+    _logger.info(
+        " * Acc@1 %.3f (%.3f) Acc@5 %.3f (%.3f) Loss %.4f Count %d",
+        results["top1"],
+        results["top1_err"],
+        results["top5"],
+        results["top5_err"],
+        results["loss"],
+        results["count"],
+    )
     return results, preds
 
 

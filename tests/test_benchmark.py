@@ -27,8 +27,18 @@ LOADER_VARIANTS = ("transform", "loader_j0", "loader_j2")
 def run(tmp_path_factory) -> tuple[dict, str]:
     """(the JSON report, the printed table) of one quick run of every phase."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    cmd = [sys.executable, "-m", "mv2jax.benchmark", "--quick", "--batch-sizes", *map(str, BATCH_SIZES),
-           "--train-batch-size", str(TRAIN_BATCH), "--output", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mv2jax.benchmark",
+        "--quick",
+        "--batch-sizes",
+        *map(str, BATCH_SIZES),
+        "--train-batch-size",
+        str(TRAIN_BATCH),
+        "--output",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
@@ -63,8 +73,9 @@ def test_quick_report_has_every_measurement_with_sane_values(report):
     timm_variants = ("eager", "channels_last", "channels_last_1thread")
     expected |= {("timm", "inference", v, b) for v in timm_variants for b in BATCH_SIZES}
     expected |= {("timm", "train", v, TRAIN_BATCH) for v in timm_variants}
-    expected |= {(s, "loader", v, 1 if v == "transform" else TRAIN_BATCH) for s in ("mv2jax", "timm")
-                 for v in LOADER_VARIANTS}
+    expected |= {
+        (s, "loader", v, 1 if v == "transform" else TRAIN_BATCH) for s in ("mv2jax", "timm") for v in LOADER_VARIANTS
+    }
     expected |= {("mv2jax", "roofline", "xla", 0)}
     assert {(r["side"], r["mode"], r["variant"], r["batch_size"]) for r in results} == expected
     for r in (r for r in results if r["mode"] != "roofline"):
@@ -89,8 +100,11 @@ def test_quick_report_has_xla_compile_memory_and_cost_analyses(report):
             assert "cost_per_image" not in c  # a loop over groups of 2: XLA counts the loop body once
             continue
         assert _positive(c["cost_per_image"]["gflops"]) and _positive(c["cost_per_image"]["mib_accessed"])
-    xla = {r["mode"]: r["compile"]["cost_per_image"]["gflops"] for r in report["results"]
-           if r.get("conv_impl") == "xla" and r["batch_size"] == TRAIN_BATCH}
+    xla = {
+        r["mode"]: r["compile"]["cost_per_image"]["gflops"]
+        for r in report["results"]
+        if r.get("conv_impl") == "xla" and r["batch_size"] == TRAIN_BATCH
+    }
     assert xla["train"] > 2 * xla["inference"]  # forward + backward (~3x forward)
 
 
@@ -99,8 +113,11 @@ def test_quick_report_ratios_match_the_throughputs(report):
     for mode, batches in (("inference", BATCH_SIZES), ("train", (TRAIN_BATCH,))):
         for b in batches:
             comp = summary[mode][str(b)]
-            rates = {(r["side"], r["variant"]): r["images_per_s"]["median"] for r in results
-                     if r["mode"] == mode and r["batch_size"] == b}
+            rates = {
+                (r["side"], r["variant"]): r["images_per_s"]["median"]
+                for r in results
+                if r["mode"] == mode and r["batch_size"] == b
+            }
             best_timm = max(v for (side, _), v in rates.items() if side == "timm")
             best_mv2 = max(v for (side, _), v in rates.items() if side == "mv2jax")
             assert comp["timm_best"]["images_per_s"] == pytest.approx(best_timm)
@@ -132,8 +149,15 @@ def test_quick_report_measures_the_machine_peaks_and_what_each_target_needs_of_t
 
 
 def _result(mode: str, variant: str, batch: int, images_per_s: float, cost: dict | None, side: str = "mv2jax"):
-    r = {"side": side, "mode": mode, "variant": variant, "batch_size": batch, "status": "ok",
-         "images_per_s": {"median": images_per_s}, "compile": {}}
+    r = {
+        "side": side,
+        "mode": mode,
+        "variant": variant,
+        "batch_size": batch,
+        "status": "ok",
+        "images_per_s": {"median": images_per_s},
+        "compile": {},
+    }
     if cost is not None:
         r["compile"]["cost_per_image"] = cost
     return r
@@ -150,8 +174,15 @@ def test_roofline_requirements_scale_xla_cost_by_throughput_and_divide_by_the_pe
 
 def test_roofline_summary_takes_flops_but_not_bytes_from_another_batch_size_of_the_same_variant():
     results = [
-        {"side": "mv2jax", "mode": "roofline", "variant": "xla", "batch_size": 0, "status": "ok",
-         "matmul_gflops_per_s": {"median": 200.0}, "memory_gb_per_s": {"best": 40.0}},
+        {
+            "side": "mv2jax",
+            "mode": "roofline",
+            "variant": "xla",
+            "batch_size": 0,
+            "status": "ok",
+            "matmul_gflops_per_s": {"median": 200.0},
+            "memory_gb_per_s": {"best": 40.0},
+        },
         _result("inference", "fused", 1, 100.0, {"gflops": 0.6, "mib_accessed": 120.0}),
         _result("inference", "fused", 32, 150.0, None),  # a loop: XLA gave no per-image cost
         _result("inference", "eager", 1, 50.0, None, side="timm"),
@@ -191,6 +222,7 @@ def test_phases_flag_selects_by_glob_or_name_part():
     loader = [Phase("mv2jax", "loader", "ra"), Phase("timm", "loader", "ra")]
     assert plan(parse_args(["--quick", "--phases", "loader"])) == loader
     assert plan(parse_args(["--phases", "timm:train:*"])) == [
-        Phase("timm", "train", v) for v in ("eager", "channels_last", "channels_last_1thread", "compile")]
+        Phase("timm", "train", v) for v in ("eager", "channels_last", "channels_last_1thread", "compile")
+    ]
     assert plan(parse_args(["--skip-loader", "--phases", "loader"])) == []
     assert plan(parse_args(["--skip-timm", "--phases", "loader"])) == loader[:1]

@@ -10,8 +10,10 @@ from mv2jax import host_memory
 
 WANTED = host_memory.tunables()  # {} unless glibc >= 2.26
 needs_glibc = pytest.mark.skipif(not WANTED, reason="needs Linux with glibc >= 2.26")
-PRINT_TUNABLES = ("from mv2jax.host_memory import reexec_with_host_allocator as r; r(); import os, sys; "
-                  "print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])")
+PRINT_TUNABLES = (
+    "from mv2jax.host_memory import reexec_with_host_allocator as r; r(); import os, sys; "
+    "print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])"
+)
 
 
 def test_environ_left_alone_when_opted_out_or_complete():
@@ -32,8 +34,14 @@ def test_tunables_added_and_the_users_own_kept():
 
 def _run(env_extra: dict[str, str]) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MV2JAX_HOST_ALLOCATOR")}
-    out = subprocess.run([sys.executable, "-c", PRINT_TUNABLES, "--flag", "value"], env={**env, **env_extra},
-                         capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PRINT_TUNABLES, "--flag", "value"],
+        env={**env, **env_extra},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return out.stdout.strip()
 
 

@@ -36,8 +36,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL = "mobilenetv2_035"
 NUM_IMAGES = 30
 BATCH = 8  # 30 = 3 x 8 + 6: the last batch is padded with 2 masked examples
-TIMM_RESULT_KEYS = ["model", "top1", "top1_err", "top5", "top5_err", "param_count", "img_size", "crop_pct",
-                    "interpolation"]
+TIMM_RESULT_KEYS = [
+    "model",
+    "top1",
+    "top1_err",
+    "top5",
+    "top5_err",
+    "param_count",
+    "img_size",
+    "crop_pct",
+    "interpolation",
+]
 PROG = "python -m mv2jax.validate"
 # Weight seeds per class count, chosen so that no image has a near-tie among its top logits (asserted below).
 SEEDS = {3: 3, 10: 11}
@@ -124,8 +133,16 @@ def timm_validate(tmodel: torch.nn.Module, root: Path, batch_size: int) -> dict:
             topk.append(output.topk(k, 1, True, True).indices.numpy())
             labels.append(target.numpy())
             logits.append(output.numpy())
-    return {"top1": top1.avg, "top5": top5.avg, "loss": losses.avg, "count": top1.count, "k": k,
-            "topk": np.concatenate(topk), "labels": np.concatenate(labels), "logits": np.concatenate(logits)}
+    return {
+        "top1": top1.avg,
+        "top5": top5.avg,
+        "loss": losses.avg,
+        "count": top1.count,
+        "k": k,
+        "topk": np.concatenate(topk),
+        "labels": np.concatenate(labels),
+        "logits": np.concatenate(logits),
+    }
 
 
 def _write_checkpoint(num_classes: int, data_dir: Path, images: torch.Tensor, folder: Path) -> dict:
@@ -167,8 +184,20 @@ def _args(*argv: str) -> argparse.Namespace:
 @pytest.mark.parametrize("num_classes", [3, 10])
 def test_checkpoint_gives_timms_per_image_predictions_counts_and_loss(checkpoints, num_classes, data_dir):
     checkpoint = checkpoints(num_classes)
-    args = _args("--model", MODEL, "--checkpoint", checkpoint["path"], "--data-dir", data_dir, "-b", BATCH,
-                 "-j", 0, "--num-classes", checkpoint["num_classes"])
+    args = _args(
+        "--model",
+        MODEL,
+        "--checkpoint",
+        checkpoint["path"],
+        "--data-dir",
+        data_dir,
+        "-b",
+        BATCH,
+        "-j",
+        0,
+        "--num-classes",
+        checkpoint["num_classes"],
+    )
     results, preds = validate_with_predictions(args)
     ref = checkpoint["ref"]
     # every example exactly once, in timm's (natural-sort) order, with timm's labels
@@ -193,11 +222,35 @@ def test_checkpoint_gives_timms_per_image_predictions_counts_and_loss(checkpoint
 
 def test_cli_runs_end_to_end_with_a_worker_process_and_writes_the_results_file(checkpoint, data_dir, tmp_path):
     out = tmp_path / "results.json"
-    cmd = [sys.executable, "-m", "mv2jax.validate", "--model", MODEL, "--checkpoint", str(checkpoint["path"]),
-           "--data-dir", str(data_dir), "-b", str(BATCH), "-j", "1", "--num-classes", "3", "--log-freq", "2",
-           "--results-file", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    cmd = [
+        sys.executable,
+        "-m",
+        "mv2jax.validate",
+        "--model",
+        MODEL,
+        "--checkpoint",
+        str(checkpoint["path"]),
+        "--data-dir",
+        str(data_dir),
+        "-b",
+        str(BATCH),
+        "-j",
+        "1",
+        "--num-classes",
+        "3",
+        "--log-freq",
+        "2",
+        "--results-file",
+        str(out),
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Test: [   0/4]" in proc.stderr and "Test: [   3/4]" in proc.stderr and " * Acc@1 " in proc.stderr
     printed = json.loads(proc.stdout.split("--result\n", 1)[1])
@@ -223,8 +276,21 @@ def test_corrupt_jpeg_is_a_one_line_error_naming_the_file(checkpoint, data_dir, 
         _variant(_photo("china"), np.random.default_rng(1)).save(folder / cls / "good.jpg")
     bad = folder / "b" / "bad.jpg"
     bad.write_bytes((folder / "a" / "good.jpg").read_bytes()[:2000])  # a truncated JPEG
-    code, line = _run_main(capsys, "--model", MODEL, "--checkpoint", checkpoint["path"], "--data-dir", tmp_path,
-                           "-b", 2, "-j", 0, "--num-classes", 3)
+    code, line = _run_main(
+        capsys,
+        "--model",
+        MODEL,
+        "--checkpoint",
+        checkpoint["path"],
+        "--data-dir",
+        tmp_path,
+        "-b",
+        2,
+        "-j",
+        0,
+        "--num-classes",
+        3,
+    )
     assert code == 2
     assert line.startswith(f"{PROG}: error: unreadable image {bad}: ")
 
@@ -239,10 +305,13 @@ def test_unknown_model_missing_dir_wrong_head_and_missing_checkpoint_are_one_lin
     code, line = _run_main(capsys, "--model", MODEL, *ckpt, "--data-dir", tmp_path)
     assert code == 2 and line.endswith("has a 3-class classifier, mobilenetv2_035 has 1000: pass --num-classes 3")
     code, line = _run_main(capsys, "--model", MODEL, *ckpt, "--num-classes", 3, "--dataset", "digits")
-    assert code == 2 and line.endswith("the dataset has 10 classes, mobilenetv2_035 has 3 outputs: pass "
-                                       "--num-classes (and weights) that cover its labels")
-    code, line = _run_main(capsys, "--model", MODEL, "--checkpoint", tmp_path / "nope.safetensors",
-                           "--data-dir", tmp_path)
+    assert code == 2 and line.endswith(
+        "the dataset has 10 classes, mobilenetv2_035 has 3 outputs: pass "
+        "--num-classes (and weights) that cover its labels"
+    )
+    code, line = _run_main(
+        capsys, "--model", MODEL, "--checkpoint", tmp_path / "nope.safetensors", "--data-dir", tmp_path
+    )
     assert code == 2 and line.startswith(f"{PROG}: error: checkpoint {tmp_path / 'nope.safetensors'} does not exist")
 
 
@@ -263,4 +332,3 @@ def test_results_file_is_timms_csv_by_default_and_json_for_a_json_name(tmp_path)
         assert list(csv.DictReader(f)) == [{k: str(v) for k, v in results.items()}]
     write_results(str(tmp_path / "r.json"), results)
     assert json.loads((tmp_path / "r.json").read_text()) == results
-

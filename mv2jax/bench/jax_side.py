@@ -25,8 +25,13 @@ from mv2jax.models import fuse_for_inference
 from mv2jax.models.layers import resolve_conv_impl
 from mv2jax.train.optim import create_optimizer
 
-_MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
-                  "generated_code_size_in_bytes")
+_MEMORY_FIELDS = (
+    "argument_size_in_bytes",
+    "output_size_in_bytes",
+    "temp_size_in_bytes",
+    "alias_size_in_bytes",
+    "generated_code_size_in_bytes",
+)
 
 
 def _images(cfg: BenchConfig, batch: int, seed: int = 0) -> jax.Array:
@@ -89,8 +94,14 @@ def _record(mode: str, conv_impl: str, batch: int, call: Callable[[], Any], cfg:
     timing = time_calls(call, batch, cfg)
     resolved = resolve_conv_impl(conv_impl)
     return {
-        "side": "mv2jax", "mode": mode, "variant": f"conv_impl={resolved}", "batch_size": batch, "status": "ok",
-        "conv_impl": resolved, "conv_impl_auto": resolve_conv_impl("auto"), "images_per_s": timing,
+        "side": "mv2jax",
+        "mode": mode,
+        "variant": f"conv_impl={resolved}",
+        "batch_size": batch,
+        "status": "ok",
+        "conv_impl": resolved,
+        "conv_impl_auto": resolve_conv_impl("auto"),
+        "images_per_s": timing,
         "compile": {"first_call_s": first, "first_call_minus_steady_s": max(first - timing["step_s"], 0.0)},
         "peak_rss_mib": peak_rss_mib(),
     }
@@ -104,8 +115,12 @@ def _inference_fn(cfg: BenchConfig, variant: str) -> tuple[Callable, Any, str, i
     model.eval()
     if fused:
         net = fuse_for_inference(model)
-        return (jax.jit(net.apply, compiler_options=net.compiler_options), net.params, net.spec.conv_impl,
-                net.batch_chunk)
+        return (
+            jax.jit(net.apply, compiler_options=net.compiler_options),
+            net.params,
+            net.spec.conv_impl,
+            net.batch_chunk,
+        )
     graphdef, state = nnx.split(model)
     return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)), state, variant, 0
 
@@ -135,8 +150,9 @@ def build_train_step(model: nnx.Module, cfg: BenchConfig) -> tuple[Callable, Any
     from mv2jax.train.step import StepConfig, make_train_step
 
     r = cfg.recipe
-    tx = create_optimizer("rmsproptf", r.lr, weight_decay=r.weight_decay, momentum=r.momentum, eps=r.opt_eps,
-                          alpha=r.alpha)
+    tx = create_optimizer(
+        "rmsproptf", r.lr, weight_decay=r.weight_decay, momentum=r.momentum, eps=r.opt_eps, alpha=r.alpha
+    )
     graphdef, state = create_train_state(model, tx, use_ema=True)
     step = make_train_step(graphdef, tx, r.lr, StepConfig(label_smoothing=r.smoothing, ema_decay=r.ema_decay))
     return step, state, "mv2jax.train.step"
@@ -145,8 +161,13 @@ def build_train_step(model: nnx.Module, cfg: BenchConfig) -> tuple[Callable, Any
 def train_phase(cfg: BenchConfig, conv_impl: str) -> list[dict[str, Any]]:
     """The RA-recipe train step at `cfg.train_batch_size`, state donated, timed end to end per step."""
     r = cfg.recipe
-    model = mv2jax.create_model(cfg.model, conv_impl=conv_impl, num_classes=cfg.num_classes, drop_rate=r.drop_rate,
-                                drop_path_rate=r.drop_path_rate).train()
+    model = mv2jax.create_model(
+        cfg.model,
+        conv_impl=conv_impl,
+        num_classes=cfg.num_classes,
+        drop_rate=r.drop_rate,
+        drop_path_rate=r.drop_path_rate,
+    ).train()
     step, state, step_impl = build_train_step(model, cfg)
     batch_size = cfg.train_batch_size
     batch = {"image": _images(cfg, batch_size), "label": _labels(cfg, batch_size)}

@@ -27,8 +27,9 @@ def _loader_timing_config(cfg: BenchConfig) -> BenchConfig:
     return dataclasses.replace(cfg, repeats=cfg.loader.repeats, warmup=1, min_iters=1, target_run_s=0.0)
 
 
-def _measure(base: dict[str, Any], call: Callable[[], Any], images: int, workers: int,
-             cfg: BenchConfig) -> dict[str, Any]:
+def _measure(
+    base: dict[str, Any], call: Callable[[], Any], images: int, workers: int, cfg: BenchConfig
+) -> dict[str, Any]:
     """Time `call` (`images` images per call); a failure becomes a `failed` record instead of ending the phase."""
     first: list[float] = []
 
@@ -43,11 +44,22 @@ def _measure(base: dict[str, Any], call: Callable[[], Any], images: int, workers
         timing = time_calls(timed_call, images, _loader_timing_config(cfg))
     except Exception as err:  # a worker crash or a missing file: report it, keep measuring the rest
         error = "".join(traceback.format_exception_only(type(err), err)).strip()[-2000:]
-        return base | {"status": "failed", "error": error, "time_spent_s": time.perf_counter() - t0,
-                       "peak_rss_mib": peak_rss_mib()}
-    return base | {"status": "ok", "workers": workers, "images_per_s": timing,
-                   "images_per_s_per_worker": timing["median"] / max(workers, 1), "first_run_s": first[0],
-                   "images_per_run": images, "img_size": cfg.img_size, "peak_rss_mib": peak_rss_mib()}
+        return base | {
+            "status": "failed",
+            "error": error,
+            "time_spent_s": time.perf_counter() - t0,
+            "peak_rss_mib": peak_rss_mib(),
+        }
+    return base | {
+        "status": "ok",
+        "workers": workers,
+        "images_per_s": timing,
+        "images_per_s_per_worker": timing["median"] / max(workers, 1),
+        "first_run_s": first[0],
+        "images_per_run": images,
+        "img_size": cfg.img_size,
+        "peak_rss_mib": peak_rss_mib(),
+    }
 
 
 def _loop(dataset_len: int, images: int, get: Callable[[int], Any]) -> Callable[[], None]:
@@ -90,17 +102,33 @@ def mv2jax_phase(cfg: BenchConfig, variant: str) -> list[dict[str, Any]]:
 
     a = cfg.augment
     source = create_dataset("", root=cfg.loader.data_dir, split="train")
-    transform = create_transform(cfg.img_size, is_training=True, auto_augment=a.auto_augment,
-                                 interpolation=a.interpolation, hflip=a.hflip, re_prob=a.re_prob,
-                                 re_mode=a.re_mode, re_count=a.re_count)
+    transform = create_transform(
+        cfg.img_size,
+        is_training=True,
+        auto_augment=a.auto_augment,
+        interpolation=a.interpolation,
+        hflip=a.hflip,
+        re_prob=a.re_prob,
+        re_mode=a.re_mode,
+        re_count=a.re_count,
+    )
     rng = np.random.default_rng(0)
     base = {"side": "mv2jax", "mode": "loader", "dataset_len": len(source)}
     once = _loop(len(source), cfg.loader.images, lambda i: transform(decode_image(source[i][0]), rng))
     results = [_measure(base | {"variant": "transform", "batch_size": 1}, once, cfg.loader.images, 1, cfg)]
     batch, steps = _steps(cfg)
     for workers in cfg.loader.workers:
-        loader = create_loader(source, transform, batch_size=batch, is_training=True, seed=0, num_workers=workers,
-                               shard_index=0, shard_count=1, num_epochs=None)
+        loader = create_loader(
+            source,
+            transform,
+            batch_size=batch,
+            is_training=True,
+            seed=0,
+            num_workers=workers,
+            shard_index=0,
+            shard_count=1,
+            num_epochs=None,
+        )
         batches = iter(loader)
         rec = base | {"variant": f"loader_j{workers}", "batch_size": batch}
         results.append(_measure(rec, _take(batches, steps), batch * steps, workers, cfg))
@@ -117,16 +145,30 @@ def timm_phase(cfg: BenchConfig, variant: str) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
     a = cfg.augment
     dataset = timm.data.create_dataset("", root=cfg.loader.data_dir, split="train", is_training=True)
-    args = dict(is_training=True, auto_augment=a.auto_augment, interpolation=a.interpolation, hflip=a.hflip,
-                re_prob=a.re_prob, re_mode=a.re_mode, re_count=a.re_count)
+    args = dict(
+        is_training=True,
+        auto_augment=a.auto_augment,
+        interpolation=a.interpolation,
+        hflip=a.hflip,
+        re_prob=a.re_prob,
+        re_mode=a.re_mode,
+        re_count=a.re_count,
+    )
     dataset.transform = timm.data.create_transform(cfg.img_size, **args)
     base = {"side": "timm", "mode": "loader", "dataset_len": len(dataset)}
     once = _loop(len(dataset), cfg.loader.images, dataset.__getitem__)
     results = [_measure(base | {"variant": "transform", "batch_size": 1}, once, cfg.loader.images, 1, cfg)]
     batch, steps = _steps(cfg)
     for workers in cfg.loader.workers:
-        loader = timm.data.create_loader(dataset, (3, cfg.img_size, cfg.img_size), batch, num_workers=workers,
-                                         use_prefetcher=False, device=torch.device("cpu"), **args)
+        loader = timm.data.create_loader(
+            dataset,
+            (3, cfg.img_size, cfg.img_size),
+            batch,
+            num_workers=workers,
+            use_prefetcher=False,
+            device=torch.device("cpu"),
+            **args,
+        )
         batches = _endless(loader)
         rec = base | {"variant": f"loader_j{workers}", "batch_size": batch}
         results.append(_measure(rec, _take(batches, steps), batch * steps, workers, cfg))

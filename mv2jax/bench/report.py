@@ -29,8 +29,10 @@ def _best(results: list[dict]) -> dict[str, Any] | None:
 
 def _compare(results: list[dict], mode: str, batch: int) -> dict[str, Any]:
     """Best mv2jax and best timm at one (mode, batch), their ratio, and each mv2jax variant's ratio."""
-    mv2, timm = _ok(results, side="mv2jax", mode=mode, batch_size=batch), _ok(results, side="timm", mode=mode,
-                                                                              batch_size=batch)
+    mv2, timm = (
+        _ok(results, side="mv2jax", mode=mode, batch_size=batch),
+        _ok(results, side="timm", mode=mode, batch_size=batch),
+    )
     out: dict[str, Any] = {"mv2jax_best": _best(mv2), "timm_best": _best(timm), "ratio": None, "per_variant": {}}
     if out["timm_best"]:
         base = out["timm_best"]["images_per_s"]
@@ -65,9 +67,11 @@ def _roofline(results: list[dict], summary: dict[str, Any]) -> dict[str, Any] | 
             if cost is None or timm is None:
                 continue
             out.setdefault(mode, {})[batch] = {
-                "variant": best["variant"], "cost_per_image": cost,
+                "variant": best["variant"],
+                "cost_per_image": cost,
                 "now": requirements(best["images_per_s"], cost, machine[0]),
-                "at_target": requirements(target * timm["images_per_s"], cost, machine[0])}
+                "at_target": requirements(target * timm["images_per_s"], cost, machine[0]),
+            }
     return out
 
 
@@ -90,7 +94,8 @@ def summarize(results: list[dict], batch_sizes: tuple[int, ...], train_batch: in
             c = runs[0]["compile"]
             comp["mv2jax_compile_s"] = {"cold": c["lower_s"] + c["compile_s"], "cached": c.get("cached_s")}
             targets[f"train_compile_s<={TARGET_TRAIN_COMPILE_S}"] = (
-                comp["mv2jax_compile_s"]["cold"] <= TARGET_TRAIN_COMPILE_S)
+                comp["mv2jax_compile_s"]["cold"] <= TARGET_TRAIN_COMPILE_S
+            )
     summary["targets_met"] = targets
     loader = summarize_loader(results)
     if loader is not None:
@@ -116,9 +121,11 @@ def _row(r: dict, summary: dict) -> str:
     c = r.get("compile", {})
     aot = c["lower_s"] + c["compile_s"] if "compile_s" in c else None
     temp = c.get("memory_mib", {}).get("temp")
-    return (f"{head} {ips['median']:>9.2f} {ips['min']:>8.2f}-{ips['max']:<8.2f} {ips['spread_pct']:>5.1f}% "
-            f"{_fmt(ratio, '.2f'):>6} {c.get('first_call_minus_steady_s', 0.0):>8.1f} {_fmt(aot):>8} "
-            f"{_fmt(c.get('cached_s')):>8} {r['peak_rss_mib']:>8.0f} {_fmt(temp):>8}")
+    return (
+        f"{head} {ips['median']:>9.2f} {ips['min']:>8.2f}-{ips['max']:<8.2f} {ips['spread_pct']:>5.1f}% "
+        f"{_fmt(ratio, '.2f'):>6} {c.get('first_call_minus_steady_s', 0.0):>8.1f} {_fmt(aot):>8} "
+        f"{_fmt(c.get('cached_s')):>8} {r['peak_rss_mib']:>8.0f} {_fmt(temp):>8}"
+    )
 
 
 def _cost_lines(results: list[dict]) -> list[str]:
@@ -128,8 +135,10 @@ def _cost_lines(results: list[dict]) -> list[str]:
             continue
         cost = r["compile"].get("cost_per_image")
         if cost:
-            lines.append(f"  {r['mode']:<9} {r['variant']:<22} b={r['batch_size']:<3} "
-                         f"{cost['gflops']:.3f} GFLOP/image, {cost['mib_accessed']:.1f} MiB accessed/image")
+            lines.append(
+                f"  {r['mode']:<9} {r['variant']:<22} b={r['batch_size']:<3} "
+                f"{cost['gflops']:.3f} GFLOP/image, {cost['mib_accessed']:.1f} MiB accessed/image"
+            )
     return lines
 
 
@@ -140,9 +149,11 @@ def _needs(req: dict[str, float]) -> str:
 
 def _roofline_lines(roofline: dict[str, Any]) -> list[str]:
     m = roofline["machine"]
-    lines = [f"roofline: XLA on these cores reaches {m['matmul_gflops_per_s']['median']:.0f} GFLOP/s (fp32 "
-             f"matmul) and {m['memory_gb_per_s']['best']:.1f} GB/s (memory); mv2jax's best variant uses, of those "
-             "peaks (XLA's flops and bytes accessed per image x images/s; bytes include cache hits):"]
+    lines = [
+        f"roofline: XLA on these cores reaches {m['matmul_gflops_per_s']['median']:.0f} GFLOP/s (fp32 "
+        f"matmul) and {m['memory_gb_per_s']['best']:.1f} GB/s (memory); mv2jax's best variant uses, of those "
+        "peaks (XLA's flops and bytes accessed per image x images/s; bytes include cache hits):"
+    ]
     for mode, target in _TARGET_RATIOS.items():
         for batch, row in roofline.get(mode, {}).items():
             lines.append(f"  {mode:<9} b={batch:<3} {row['variant']:<22} now {_needs(row['now'])}")
@@ -171,9 +182,11 @@ def format_report(report: dict[str, Any]) -> str:
             mb, tb = comp["mv2jax_best"] or {}, comp["timm_best"] or {}
             if not (mb or tb):  # that mode did not run (--phases)
                 continue
-            lines.append(f"  {mode:<9} b={batch:<3} {_fmt(mb.get('images_per_s'), '.2f')} ({mb.get('variant', '-')})"
-                         f" / {_fmt(tb.get('images_per_s'), '.2f')} ({tb.get('variant', '-')})"
-                         f" = {_fmt(comp['ratio'], '.2f')}x")
+            lines.append(
+                f"  {mode:<9} b={batch:<3} {_fmt(mb.get('images_per_s'), '.2f')} ({mb.get('variant', '-')})"
+                f" / {_fmt(tb.get('images_per_s'), '.2f')} ({tb.get('variant', '-')})"
+                f" = {_fmt(comp['ratio'], '.2f')}x"
+            )
     if "loader" in summary:
         lines += [""] + format_loader_section(report)
     lines += ["", "XLA cost analysis per image:"] + _cost_lines(results)
@@ -181,7 +194,9 @@ def format_report(report: dict[str, Any]) -> str:
         lines += [""] + _roofline_lines(summary["roofline"])
     met = summary["targets_met"].items()
     lines += ["", "targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in met)]
-    lines += ["columns: jit1st s = first call minus steady step (trace+compile); AOT s = lower()+compile() after "
-              "clearing caches; cached s = the same read from JAX's persistent compilation cache (what a rerun "
-              "pays); RSS = process high-water mark (fresh process per phase); XLAtmp = XLA temp buffers"]
+    lines += [
+        "columns: jit1st s = first call minus steady step (trace+compile); AOT s = lower()+compile() after "
+        "clearing caches; cached s = the same read from JAX's persistent compilation cache (what a rerun "
+        "pays); RSS = process high-water mark (fresh process per phase); XLAtmp = XLA temp buffers"
+    ]
     return "\n".join(lines)

@@ -45,23 +45,35 @@ def roofline_phase(cfg: BenchConfig) -> list[dict[str, Any]]:
     add_rate = _rate(add, 12 * elements / 1e9, cfg)
     total = jax.jit(jnp.sum)
     sum_rate = _rate(lambda: jax.block_until_ready(total(y)), 4 * elements / 1e9, cfg)
-    return [{
-        "side": "mv2jax", "mode": "roofline", "variant": "xla", "batch_size": 0, "status": "ok",
-        "matmul_gflops_per_s": matmul_rate, "matmul_size": n,
-        "memory_gb_per_s": {"add_in_place": add_rate, "sum": sum_rate,
-                            "best": max(add_rate["median"], sum_rate["median"])},
-        "memory_mib_per_array": cfg.roofline.memory_mib,
-    }]
+    return [
+        {
+            "side": "mv2jax",
+            "mode": "roofline",
+            "variant": "xla",
+            "batch_size": 0,
+            "status": "ok",
+            "matmul_gflops_per_s": matmul_rate,
+            "matmul_size": n,
+            "memory_gb_per_s": {
+                "add_in_place": add_rate,
+                "sum": sum_rate,
+                "best": max(add_rate["median"], sum_rate["median"]),
+            },
+            "memory_mib_per_array": cfg.roofline.memory_mib,
+        }
+    ]
 
 
-def requirements(images_per_s: float, cost_per_image: dict[str, float], roofline: dict[str, Any]
-                 ) -> dict[str, float]:
+def requirements(images_per_s: float, cost_per_image: dict[str, float], roofline: dict[str, Any]) -> dict[str, float]:
     """GFLOP/s and GB/s that `images_per_s` of a program with XLA's `cost_per_image` needs, and their fractions
     of the measured matmul and memory peaks (`roofline`: a `roofline_phase` result). Without
     `cost_per_image["mib_accessed"]`, the GFLOP/s only."""
     gflops = images_per_s * cost_per_image["gflops"]
-    out = {"images_per_s": images_per_s, "gflops_per_s": gflops,
-           "of_matmul_peak": gflops / roofline["matmul_gflops_per_s"]["median"]}
+    out = {
+        "images_per_s": images_per_s,
+        "gflops_per_s": gflops,
+        "of_matmul_peak": gflops / roofline["matmul_gflops_per_s"]["median"],
+    }
     if "mib_accessed" in cost_per_image:
         out["gb_per_s"] = images_per_s * cost_per_image["mib_accessed"] * MIB / 1e9
         out["of_memory_peak"] = out["gb_per_s"] / roofline["memory_gb_per_s"]["best"]

@@ -26,8 +26,9 @@ def _random_view(photo: Image.Image, sides: tuple[int, int], rng: np.random.Gene
     return view.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else view
 
 
-def write_sample_jpegs(root: str | os.PathLike, count: int, sides: tuple[int, int] = (350, 500),
-                       num_classes: int = 2, seed: int = 0) -> dict[str, Any]:
+def write_sample_jpegs(
+    root: str | os.PathLike, count: int, sides: tuple[int, int] = (350, 500), num_classes: int = 2, seed: int = 0
+) -> dict[str, Any]:
     """Write `count` JPEGs (quality JPEG_QUALITY) to `root/class<k>/<i>.jpg`, classes round-robin.
 
     Deterministic in `seed`. Returns a description of what was written (see `describe_image_folder`).

@@ -10,6 +10,7 @@ ema.update(step=num_updates), scheduler.step_update(num_updates)), validation of
 utils.update_summary with the EMA metrics and the mean param-group lr. It prints timm's 'Test:' / 'Test (EMA):' lines.
 Only the flags used by mv2jax.bench.timm_train_compare are accepted (anything else is an argparse error).
 """
+
 import argparse
 import os
 import time
@@ -28,27 +29,59 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
     for name, typ, default in [
-            ("--data-dir", str, None), ("--train-split", str, "train"), ("--val-split", str, "validation"),
-            ("--model", str, "resnet50"), ("--num-classes", int, None), ("--img-size", int, None),
-            ("--crop-pct", float, None), ("--interpolation", str, ""), ("--batch-size", int, 128),
-            ("--head-init-scale", float, None), ("--opt", str, "sgd"), ("--opt-eps", float, None),
-            ("--momentum", float, 0.9), ("--weight-decay", float, 2e-5), ("--sched", str, "cosine"),
-            ("--lr", float, None), ("--warmup-lr", float, 1e-5), ("--min-lr", float, 0.0), ("--epochs", int, 300),
-            ("--decay-epochs", float, 90), ("--warmup-epochs", int, 5), ("--cooldown-epochs", int, 0),
-            ("--decay-rate", float, 0.1), ("--hflip", float, 0.5), ("--vflip", float, 0.0),
-            ("--color-jitter", float, 0.4), ("--aa", str, None), ("--reprob", float, 0.0), ("--remode", str, "pixel"),
-            ("--recount", int, 1), ("--mixup", float, 0.0), ("--cutmix", float, 0.0), ("--smoothing", float, 0.1),
-            ("--train-interpolation", str, "random"), ("--drop", float, 0.0), ("--drop-path", float, None),
-            ("--model-ema-decay", float, 0.9998), ("--seed", int, 42), ("--log-interval", int, 50),
-            ("--workers", int, 4), ("--output", str, ""), ("--experiment", str, ""), ("--device", str, "cuda"),
-            ("--checkpoint-hist", int, 10)]:
+        ("--data-dir", str, None),
+        ("--train-split", str, "train"),
+        ("--val-split", str, "validation"),
+        ("--model", str, "resnet50"),
+        ("--num-classes", int, None),
+        ("--img-size", int, None),
+        ("--crop-pct", float, None),
+        ("--interpolation", str, ""),
+        ("--batch-size", int, 128),
+        ("--head-init-scale", float, None),
+        ("--opt", str, "sgd"),
+        ("--opt-eps", float, None),
+        ("--momentum", float, 0.9),
+        ("--weight-decay", float, 2e-5),
+        ("--sched", str, "cosine"),
+        ("--lr", float, None),
+        ("--warmup-lr", float, 1e-5),
+        ("--min-lr", float, 0.0),
+        ("--epochs", int, 300),
+        ("--decay-epochs", float, 90),
+        ("--warmup-epochs", int, 5),
+        ("--cooldown-epochs", int, 0),
+        ("--decay-rate", float, 0.1),
+        ("--hflip", float, 0.5),
+        ("--vflip", float, 0.0),
+        ("--color-jitter", float, 0.4),
+        ("--aa", str, None),
+        ("--reprob", float, 0.0),
+        ("--remode", str, "pixel"),
+        ("--recount", int, 1),
+        ("--mixup", float, 0.0),
+        ("--cutmix", float, 0.0),
+        ("--smoothing", float, 0.1),
+        ("--train-interpolation", str, "random"),
+        ("--drop", float, 0.0),
+        ("--drop-path", float, None),
+        ("--model-ema-decay", float, 0.9998),
+        ("--seed", int, 42),
+        ("--log-interval", int, 50),
+        ("--workers", int, 4),
+        ("--output", str, ""),
+        ("--experiment", str, ""),
+        ("--device", str, "cuda"),
+        ("--checkpoint-hist", int, 10),
+    ]:
         p.add_argument(name, type=typ, default=default)
     p.add_argument("--scale", type=float, nargs="+", default=[0.08, 1.0])
-    p.add_argument("--ratio", type=float, nargs="+", default=[3. / 4., 4. / 3.])
+    p.add_argument("--ratio", type=float, nargs="+", default=[3.0 / 4.0, 4.0 / 3.0])
     for name in ("--sched-on-updates", "--model-ema", "--model-ema-warmup"):
         p.add_argument(name, action="store_true")
 
     return p
+
 
 def validate(model, loader, loss_fn, name):
     losses_m, top1_m, top5_m = utils.AverageMeter(), utils.AverageMeter(), utils.AverageMeter()
@@ -62,9 +95,11 @@ def validate(model, loader, loss_fn, name):
             losses_m.update(loss.item(), x.size(0))
             top1_m.update(acc1.item(), output.size(0))
             top5_m.update(acc5.item(), output.size(0))
-    print(f"{name}: [{last_idx:>4d}/{last_idx}]  Loss: {losses_m.val:>7.3f} ({losses_m.avg:>6.4f})  "
-          f"Acc@1: {top1_m.val:>7.3f} ({top1_m.avg:>7.3f})  Acc@5: {top5_m.val:>7.3f} ({top5_m.avg:>7.3f})",
-          flush=True)
+    print(
+        f"{name}: [{last_idx:>4d}/{last_idx}]  Loss: {losses_m.val:>7.3f} ({losses_m.avg:>6.4f})  "
+        f"Acc@1: {top1_m.val:>7.3f} ({top1_m.avg:>7.3f})  Acc@5: {top5_m.val:>7.3f} ({top5_m.avg:>7.3f})",
+        flush=True,
+    )
     return OrderedDict([("loss", losses_m.avg), ("top1", top1_m.avg), ("top5", top5_m.avg)])
 
 
@@ -72,8 +107,9 @@ def main():
     args = _parser().parse_args()
     device = torch.device(args.device)
     utils.random_seed(args.seed, 0)
-    model = create_model(args.model, num_classes=args.num_classes, drop_rate=args.drop,
-                         drop_path_rate=args.drop_path, in_chans=3)
+    model = create_model(
+        args.model, num_classes=args.num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path, in_chans=3
+    )
     if args.head_init_scale is not None:
         with torch.no_grad():
             model.get_classifier().weight.mul_(args.head_init_scale)
@@ -81,25 +117,55 @@ def main():
     data_config = resolve_data_config(vars(args), model=model, verbose=True)
     model.to(device=device)
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
-    model_ema = utils.ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup) \
-        if args.model_ema else None
-    ds_train = create_dataset("", root=args.data_dir, split=args.train_split, is_training=True,
-                              batch_size=args.batch_size, seed=args.seed)
-    ds_eval = create_dataset("", root=args.data_dir, split=args.val_split, is_training=False,
-                             batch_size=args.batch_size)
+    model_ema = (
+        utils.ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
+        if args.model_ema
+        else None
+    )
+    ds_train = create_dataset(
+        "", root=args.data_dir, split=args.train_split, is_training=True, batch_size=args.batch_size, seed=args.seed
+    )
+    ds_eval = create_dataset(
+        "", root=args.data_dir, split=args.val_split, is_training=False, batch_size=args.batch_size
+    )
     loader_train = create_loader(
-        ds_train, input_size=data_config["input_size"], batch_size=args.batch_size, is_training=True,
-        re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, scale=args.scale, ratio=args.ratio,
-        hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa,
-        interpolation=args.train_interpolation, mean=data_config["mean"], std=data_config["std"],
-        num_workers=args.workers, device=device, use_prefetcher=True)
+        ds_train,
+        input_size=data_config["input_size"],
+        batch_size=args.batch_size,
+        is_training=True,
+        re_prob=args.reprob,
+        re_mode=args.remode,
+        re_count=args.recount,
+        scale=args.scale,
+        ratio=args.ratio,
+        hflip=args.hflip,
+        vflip=args.vflip,
+        color_jitter=args.color_jitter,
+        auto_augment=args.aa,
+        interpolation=args.train_interpolation,
+        mean=data_config["mean"],
+        std=data_config["std"],
+        num_workers=args.workers,
+        device=device,
+        use_prefetcher=True,
+    )
     loader_eval = create_loader(
-        ds_eval, input_size=data_config["input_size"], batch_size=args.batch_size, is_training=False,
-        interpolation=data_config["interpolation"], mean=data_config["mean"], std=data_config["std"],
-        num_workers=args.workers, crop_pct=data_config["crop_pct"], device=device, use_prefetcher=True)
+        ds_eval,
+        input_size=data_config["input_size"],
+        batch_size=args.batch_size,
+        is_training=False,
+        interpolation=data_config["interpolation"],
+        mean=data_config["mean"],
+        std=data_config["std"],
+        num_workers=args.workers,
+        crop_pct=data_config["crop_pct"],
+        device=device,
+        use_prefetcher=True,
+    )
     train_loss_fn, validate_loss_fn = LabelSmoothingCrossEntropy(smoothing=args.smoothing), nn.CrossEntropyLoss()
-    lr_scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
-                                                   updates_per_epoch=len(loader_train))
+    lr_scheduler, num_epochs = create_scheduler_v2(
+        optimizer, **scheduler_kwargs(args), updates_per_epoch=len(loader_train)
+    )
     out_dir = os.path.join(args.output, args.experiment)
     os.makedirs(out_dir, exist_ok=True)
     num_updates = 0
@@ -121,9 +187,14 @@ def main():
         eval_metrics = validate(model, loader_eval, validate_loss_fn, "Test")
         if model_ema is not None:
             eval_metrics = validate(model_ema, loader_eval, validate_loss_fn, "Test (EMA)")
-        utils.update_summary(epoch, OrderedDict([("loss", losses_m.avg)]), eval_metrics,
-                             filename=os.path.join(out_dir, "summary.csv"), lr=sum(lrs) / len(lrs),
-                             write_header=epoch == 0)
+        utils.update_summary(
+            epoch,
+            OrderedDict([("loss", losses_m.avg)]),
+            eval_metrics,
+            filename=os.path.join(out_dir, "summary.csv"),
+            lr=sum(lrs) / len(lrs),
+            write_header=epoch == 0,
+        )
         lr_scheduler.step(epoch + 1, eval_metrics["top1"])
 
 

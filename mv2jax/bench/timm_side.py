@@ -63,8 +63,12 @@ def _compile(model: torch.nn.Module, *, freeze: bool) -> torch.nn.Module:
 
 def _failed(base: dict[str, Any], err: BaseException, spent_s: float) -> dict[str, Any]:
     lines = traceback.format_exception_only(type(err), err)
-    return base | {"status": "failed", "error": "".join(lines).strip()[-2000:], "time_spent_s": spent_s,
-                   "peak_rss_mib": peak_rss_mib()}
+    return base | {
+        "status": "failed",
+        "error": "".join(lines).strip()[-2000:],
+        "time_spent_s": spent_s,
+        "peak_rss_mib": peak_rss_mib(),
+    }
 
 
 def _measure(base: dict[str, Any], call: Callable[[], Any], batch: int, cfg: BenchConfig) -> dict[str, Any]:
@@ -93,22 +97,29 @@ def inference_phase(cfg: BenchConfig, variant: str) -> list[dict[str, Any]]:
             with torch.inference_mode():
                 return model(x)
 
-        base = {"side": "timm", "mode": "inference", "variant": variant, "batch_size": batch,
-                "threads": torch.get_num_threads()}
+        base = {
+            "side": "timm",
+            "mode": "inference",
+            "variant": variant,
+            "batch_size": batch,
+            "threads": torch.get_num_threads(),
+        }
         results.append(_measure(base, call, batch, cfg))
     return results
 
 
-def _train_call(model: torch.nn.Module, train_model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                cfg: BenchConfig) -> Callable[[], None]:
+def _train_call(
+    model: torch.nn.Module, train_model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: BenchConfig
+) -> Callable[[], None]:
     """timm train.py's iteration: forward, loss, zero_grad, backward, optimizer step, EMA update."""
     from timm.loss import LabelSmoothingCrossEntropy
     from timm.optim import create_optimizer_v2
     from timm.utils import ModelEmaV3
 
     r = cfg.recipe
-    optimizer = create_optimizer_v2(model, "rmsproptf", lr=r.lr, weight_decay=r.weight_decay, momentum=r.momentum,
-                                    eps=r.opt_eps, alpha=r.alpha)
+    optimizer = create_optimizer_v2(
+        model, "rmsproptf", lr=r.lr, weight_decay=r.weight_decay, momentum=r.momentum, eps=r.opt_eps, alpha=r.alpha
+    )
     ema = ModelEmaV3(model, decay=r.ema_decay)
     loss_fn = LabelSmoothingCrossEntropy(smoothing=r.smoothing)
     updates = [0]
@@ -133,6 +144,11 @@ def train_phase(cfg: BenchConfig, variant: str) -> list[dict[str, Any]]:
     x = _input(cfg, batch, base_variant)
     y = torch.randint(0, cfg.num_classes, (batch,), generator=torch.Generator().manual_seed(1))
     call = _train_call(model, train_model, x, y, cfg)
-    base = {"side": "timm", "mode": "train", "variant": variant, "batch_size": batch,
-            "threads": torch.get_num_threads()}
+    base = {
+        "side": "timm",
+        "mode": "train",
+        "variant": variant,
+        "batch_size": batch,
+        "threads": torch.get_num_threads(),
+    }
     return [_measure(base, call, batch, cfg)]

@@ -88,7 +88,10 @@ def quick_run_flags() -> list[str]:
 def timm_flags(data_dir: Path) -> list[str]:
     """timm train.py flags for the same recipe: QUICK_RUN without `dataset`, plus the data folder and TIMM_EXTRA."""
     return _as_flags({k: v for k, v in QUICK_RUN.items() if k != "dataset"}) + [
-        "--data-dir", str(data_dir), *TIMM_EXTRA]
+        "--data-dir",
+        str(data_dir),
+        *TIMM_EXTRA,
+    ]
 
 
 def run_logged(cmd: list[str], log: Path, cwd: Path) -> tuple[float, int]:
@@ -118,8 +121,17 @@ def run_mv2jax(seed: int, out: Path) -> Result:
     """mv2jax's `python train.py` with the QUICK_RUN flags, `--seed` and `--output`."""
     base = out / "mv2jax" / f"seed{seed}"
     shutil.rmtree(base, ignore_errors=True)  # an existing run directory would be resumed, not retrained
-    cmd = [sys.executable, str(REPO / "train.py"), *quick_run_flags(), "--seed", str(seed),
-           "--output", str(base), "--experiment", EXPERIMENT]
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        *quick_run_flags(),
+        "--seed",
+        str(seed),
+        "--output",
+        str(base),
+        "--experiment",
+        EXPERIMENT,
+    ]
     wall, rc = run_logged(cmd, base / "stdout.log", REPO)
     run_dir = base / EXPERIMENT
     rows = read_summary(run_dir / "summary.csv")
@@ -128,8 +140,7 @@ def run_mv2jax(seed: int, out: Path) -> Result:
     if log.exists():
         epochs = [r for r in map(json.loads, log.read_text().splitlines()) if r.get("kind") == "epoch"]
         raw = epochs[-1]["eval"]["top1"] if epochs else None
-    return Result(seed, "mv2jax", raw, last_float(rows, "eval_top1"), wall,
-                  tuple(float(r["lr"]) for r in rows), rc)
+    return Result(seed, "mv2jax", raw, last_float(rows, "eval_top1"), wall, tuple(float(r["lr"]) for r in rows), rc)
 
 
 def parse_timm_raw(log: Path) -> float | None:
@@ -146,13 +157,23 @@ def run_timm(seed: int, out: Path, train_py: Path) -> Result:
     """timm's train.py with the equivalent flags; its summary.csv eval columns are the EMA's (--model-ema)."""
     base = out / "timm" / f"seed{seed}"
     shutil.rmtree(base, ignore_errors=True)  # timm would otherwise write to '<experiment>-1'
-    cmd = [sys.executable, str(train_py), *timm_flags(out / "data"), "--seed", str(seed),
-           "--output", str(base), "--experiment", EXPERIMENT]
+    cmd = [
+        sys.executable,
+        str(train_py),
+        *timm_flags(out / "data"),
+        "--seed",
+        str(seed),
+        "--output",
+        str(base),
+        "--experiment",
+        EXPERIMENT,
+    ]
     log = base / "stdout.log"
     wall, rc = run_logged(cmd, log, train_py.parent)
     rows = read_summary(base / EXPERIMENT / "summary.csv")
-    return Result(seed, "timm", parse_timm_raw(log), last_float(rows, "eval_top1"), wall,
-                  tuple(float(r["lr"]) for r in rows), rc)
+    return Result(
+        seed, "timm", parse_timm_raw(log), last_float(rows, "eval_top1"), wall, tuple(float(r["lr"]) for r in rows), rc
+    )
 
 
 def lr_mismatch(a: Result, b: Result) -> float | None:
@@ -175,24 +196,32 @@ def table(results: list[Result]) -> str:
     for r in results:
         other = by_seed[r.seed].get("mv2jax")
         diff = lr_mismatch(other, r) if r.side == "timm" and other else None
-        lines.append(f"{r.seed:>4}  {r.side:<6}  {fmt(r.raw_top1, '9.2f')}  {fmt(r.ema_top1, '9.2f')}  "
-                     f"{r.wall_s:>6.0f}  {fmt(diff, '7.1e') if r.side == 'timm' else '':>7}  {r.returncode}")
+        lines.append(
+            f"{r.seed:>4}  {r.side:<6}  {fmt(r.raw_top1, '9.2f')}  {fmt(r.ema_top1, '9.2f')}  "
+            f"{r.wall_s:>6.0f}  {fmt(diff, '7.1e') if r.side == 'timm' else '':>7}  {r.returncode}"
+        )
     for side in ("mv2jax", "timm"):
         rs = [r for r in results if r.side == side]
         raws = [r.raw_top1 for r in rs if r.raw_top1 is not None]
         emas = [r.ema_top1 for r in rs if r.ema_top1 is not None]
-        mean = (lambda xs: sum(xs) / len(xs) if xs else None)
-        lines.append(f"{'mean':>4}  {side:<6}  {fmt(mean(raws), '9.2f')}  {fmt(mean(emas), '9.2f')}  "
-                     f"{fmt(mean([r.wall_s for r in rs]), '6.0f')}")
+        mean = lambda xs: sum(xs) / len(xs) if xs else None
+        lines.append(
+            f"{'mean':>4}  {side:<6}  {fmt(mean(raws), '9.2f')}  {fmt(mean(emas), '9.2f')}  "
+            f"{fmt(mean([r.wall_s for r in rs]), '6.0f')}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="work directory (data, runs, logs)")
-    parser.add_argument("--timm-train-py", type=Path, default=Path(__file__).with_name("timm_reference_train.py"),
-                        help="timm's train.py (not shipped in timm's packages; default: the stand-in built from "
-                             "timm's library, mv2jax/bench/timm_reference_train.py)")
+    parser.add_argument(
+        "--timm-train-py",
+        type=Path,
+        default=Path(__file__).with_name("timm_reference_train.py"),
+        help="timm's train.py (not shipped in timm's packages; default: the stand-in built from "
+        "timm's library, mv2jax/bench/timm_reference_train.py)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--sides", nargs="+", default=["mv2jax", "timm"], choices=["mv2jax", "timm"])
     args = parser.parse_args(argv)

@@ -34,34 +34,67 @@ EXAMPLES = """examples:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=f"python {PROG}", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Convert timm MobileNetV2 weights to an mv2jax (orbax) checkpoint, or back with --to-timm.")
-    parser.add_argument("--to-timm", action="store_true",
-                        help="export an mv2jax checkpoint (--input) to a timm safetensors file plus config.json "
-                             "(default: import timm weights into an mv2jax checkpoint)")
-    parser.add_argument("--model", "-m", metavar="NAME",
-                        help="model name as in timm (mobilenetv2_100.ra_in1k, hf-hub:timm/...); required to import; "
-                             "with --to-timm it defaults to the model_name in the checkpoint's meta")
-    parser.add_argument("--checkpoint", metavar="FILE",
-                        help="timm weights to import (.safetensors, or .pth/.bin/.pt with torch); default: the "
-                             "tag's Hub weights through huggingface_hub's cache")
-    parser.add_argument("--input", metavar="DIR_OR_FILE",
-                        help="with --to-timm: the mv2jax checkpoint directory (or a timm file, with --model)")
-    parser.add_argument("--output", "-o", required=True, metavar="PATH",
-                        help="import: the mv2jax checkpoint directory to create; --to-timm: the .safetensors file "
-                             "(name it model.safetensors to make its directory a loadable Hub-style repo)")
-    parser.add_argument("--ema", action="store_true",
-                        help="take the EMA weights of a training checkpoint (timm's state_dict_ema, mv2jax's ema)")
+        prog=f"python {PROG}",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Convert timm MobileNetV2 weights to an mv2jax (orbax) checkpoint, or back with --to-timm.",
+    )
+    parser.add_argument(
+        "--to-timm",
+        action="store_true",
+        help="export an mv2jax checkpoint (--input) to a timm safetensors file plus config.json "
+        "(default: import timm weights into an mv2jax checkpoint)",
+    )
+    parser.add_argument(
+        "--model",
+        "-m",
+        metavar="NAME",
+        help="model name as in timm (mobilenetv2_100.ra_in1k, hf-hub:timm/...); required to import; "
+        "with --to-timm it defaults to the model_name in the checkpoint's meta",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="timm weights to import (.safetensors, or .pth/.bin/.pt with torch); default: the "
+        "tag's Hub weights through huggingface_hub's cache",
+    )
+    parser.add_argument(
+        "--input",
+        metavar="DIR_OR_FILE",
+        help="with --to-timm: the mv2jax checkpoint directory (or a timm file, with --model)",
+    )
+    parser.add_argument(
+        "--output",
+        "-o",
+        required=True,
+        metavar="PATH",
+        help="import: the mv2jax checkpoint directory to create; --to-timm: the .safetensors file "
+        "(name it model.safetensors to make its directory a loadable Hub-style repo)",
+    )
+    parser.add_argument(
+        "--ema",
+        action="store_true",
+        help="take the EMA weights of a training checkpoint (timm's state_dict_ema, mv2jax's ema)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (still atomically)")
-    parser.add_argument("--verify", action="store_true",
-                        help="check the result against timm built from the same weights: tensors bit for bit, "
-                             "logits on random inputs and a photograph (needs the test extra, timm + torch: "
-                             "pip install 'mv2jax[test]'); exit 1 if they differ")
-    parser.add_argument("--image", metavar="PATH",
-                        help="photograph for --verify (default: scikit-learn's sklearn/datasets/images/china.jpg)")
-    parser.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
-                        help=f"--verify fails when max|logit diff| / max|timm logit| exceeds this "
-                             f"(default: {DEFAULT_RTOL:g})")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the result against timm built from the same weights: tensors bit for bit, "
+        "logits on random inputs and a photograph (needs the test extra, timm + torch: "
+        "pip install 'mv2jax[test]'); exit 1 if they differ",
+    )
+    parser.add_argument(
+        "--image",
+        metavar="PATH",
+        help="photograph for --verify (default: scikit-learn's sklearn/datasets/images/china.jpg)",
+    )
+    parser.add_argument(
+        "--rtol",
+        type=float,
+        default=DEFAULT_RTOL,
+        help=f"--verify fails when max|logit diff| / max|timm logit| exceeds this (default: {DEFAULT_RTOL:g})",
+    )
     return parser
 
 
@@ -73,12 +106,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_args(args)
         image = photo_path(args.image) if args.verify else None
         if args.to_timm:
-            model, output = export_to_timm(args.input, args.output, name=args.model, use_ema=args.ema,
-                                           overwrite=args.overwrite)
+            model, output = export_to_timm(
+                args.input, args.output, name=args.model, use_ema=args.ema, overwrite=args.overwrite
+            )
         else:
             source_state_dict, output = import_from_timm(
-                args.model, args.output, checkpoint=args.checkpoint, use_ema=args.ema, overwrite=args.overwrite,
-                converted_by=f"mv2jax {mv2jax.__version__} {PROG}")
+                args.model,
+                args.output,
+                checkpoint=args.checkpoint,
+                use_ema=args.ema,
+                overwrite=args.overwrite,
+                converted_by=f"mv2jax {mv2jax.__version__} {PROG}",
+            )
         print(f"wrote {output}")
         if not args.verify:
             return EXIT_OK

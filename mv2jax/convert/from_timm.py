@@ -22,8 +22,13 @@ from mv2jax.models.registry import pretrained_cfg_for, split_model_name
 
 
 def import_from_timm(
-    name: str, output: Path, *, checkpoint: str | Path | None = None, use_ema: bool = False,
-    overwrite: bool = False, converted_by: str = f"mv2jax {mv2jax.__version__}",
+    name: str,
+    output: Path,
+    *,
+    checkpoint: str | Path | None = None,
+    use_ema: bool = False,
+    overwrite: bool = False,
+    converted_by: str = f"mv2jax {mv2jax.__version__}",
 ) -> tuple[dict[str, np.ndarray], Path]:
     """timm weights (`checkpoint`, or the Hub weights of model `name`) -> an mv2jax checkpoint at `output`.
 
@@ -60,7 +65,7 @@ def import_from_timm(
 def hub_repo(name: str) -> str:
     """The Hub repo holding the weights of a model name (raises ValueError for an unknown or untrained name)."""
     if name.startswith(HF_HUB_PREFIX):
-        return name[len(HF_HUB_PREFIX):]
+        return name[len(HF_HUB_PREFIX) :]
     architecture, tag = split_model_name(name)
     repo = pretrained_cfg_for(architecture, tag).get("hf_hub_id")
     if not repo:

@@ -78,6 +78,5 @@ def read_orbax_state_dict(path: str | os.PathLike, use_ema: bool = False) -> dic
         raise ValueError(f"{path} has no {key!r} weights (it has {', '.join(state)})")
     flat = flatten_tree(state[key])
     return {
-        k: to_timm_layout(k, v.astype(np.int64) if k.endswith("num_batches_tracked") else v)
-        for k, v in flat.items()
+        k: to_timm_layout(k, v.astype(np.int64) if k.endswith("num_batches_tracked") else v) for k, v in flat.items()
     }

@@ -67,8 +67,13 @@ def _short(keys: list[str], limit: int = 6) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-def check_state_dict(state_dict: Mapping[str, np.ndarray], model: nnx.Module, strict: bool = True,
-                     model_name: str | None = None, allow_missing: tuple[str, ...] = ()) -> None:
+def check_state_dict(
+    state_dict: Mapping[str, np.ndarray],
+    model: nnx.Module,
+    strict: bool = True,
+    model_name: str | None = None,
+    allow_missing: tuple[str, ...] = (),
+) -> None:
     """Raise one CheckpointMismatchError listing every missing / unexpected / wrong-shaped key.
 
     As torch's `load_state_dict`, shapes are always checked and `strict=False` tolerates missing and
@@ -79,9 +84,11 @@ def check_state_dict(state_dict: Mapping[str, np.ndarray], model: nnx.Module, st
         for k, v in state_dict.items()
         if k in variables and tuple(np.shape(v)) != _timm_shape(np.shape(variables[k][...]))
     ]
-    missing = [
-        k for k in variables if k not in state_dict and not k.endswith(_TORCH_ONLY) and k not in allow_missing
-    ] if strict else []
+    missing = (
+        [k for k in variables if k not in state_dict and not k.endswith(_TORCH_ONLY) and k not in allow_missing]
+        if strict
+        else []
+    )
     unexpected = [k for k in state_dict if k not in variables] if strict else []
     if not (wrong or missing or unexpected):
         return
@@ -99,8 +106,13 @@ def check_state_dict(state_dict: Mapping[str, np.ndarray], model: nnx.Module, st
     )
 
 
-def timm_to_mv2jax(state_dict: Mapping[str, np.ndarray], model: nnx.Module, strict: bool = True,
-                   model_name: str | None = None, allow_missing: tuple[str, ...] = ()) -> nnx.Module:
+def timm_to_mv2jax(
+    state_dict: Mapping[str, np.ndarray],
+    model: nnx.Module,
+    strict: bool = True,
+    model_name: str | None = None,
+    allow_missing: tuple[str, ...] = (),
+) -> nnx.Module:
     """Load a timm state dict (name -> array in torch layout; numpy, jax or torch CPU tensors) into `model`
     in place; returns the model. Keys absent from the checkpoint keep the model's values."""
     state_dict = {k: _to_numpy(v) for k, v in state_dict.items()}

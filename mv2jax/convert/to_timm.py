@@ -24,7 +24,12 @@ _LABEL_KEYS = ("label_names", "label_descriptions", "label_offset")
 
 
 def export_to_timm(
-    source: Path, output: Path, *, name: str | None = None, use_ema: bool = False, overwrite: bool = False,
+    source: Path,
+    output: Path,
+    *,
+    name: str | None = None,
+    use_ema: bool = False,
+    overwrite: bool = False,
 ) -> tuple[MobileNetV2, Path]:
     """An mv2jax checkpoint (`source`) -> timm safetensors at `output` plus timm's config.json beside it.
 
@@ -69,7 +74,8 @@ def timm_hf_config(model: MobileNetV2) -> dict:
     same timm model (source fields dropped, preprocessing resolved for `in_chans`, `model_args` recorded)."""
     chans, num_classes = model.in_chans, model.num_classes
     cfg = {
-        k: v for k, v in dict(model.pretrained_cfg).items()
+        k: v
+        for k, v in dict(model.pretrained_cfg).items()
         if k not in _SOURCE_KEYS and (v is not None or k in _KEEP_NULL)
     }
     cfg.update(
@@ -86,8 +92,7 @@ def timm_hf_config(model: MobileNetV2) -> dict:
         for key in _LABEL_KEYS:
             cfg.pop(key, None)
     cfg["num_classes"] = num_classes
-    config = {"architecture": cfg.pop("architecture"), "num_classes": num_classes,
-              "num_features": model.num_features}
+    config = {"architecture": cfg.pop("architecture"), "num_classes": num_classes, "num_features": model.num_features}
     if model.global_pool:
         config["global_pool"] = model.global_pool
     config["model_args"] = {"in_chans": chans, "num_classes": num_classes, "global_pool": model.global_pool}

@@ -40,8 +40,11 @@ class Comparison:
 
     def line(self, k: int, width: int) -> str:
         shape = "x".join(map(str, self.shape))
-        top = (f"top-{k} agree {self.top_agree}/{self.count} (exact order {self.top_exact}/{self.count})" if k
-               else "(pooled features: no classes to rank)")
+        top = (
+            f"top-{k} agree {self.top_agree}/{self.count} (exact order {self.top_exact}/{self.count})"
+            if k
+            else "(pooled features: no classes to rank)"
+        )
         return f"  {self.name:<{width}}  {shape:<14} max|diff| {self.max_abs:.3e}  rel {self.rel:.3e}  {top}"
 
 
@@ -108,8 +111,12 @@ def timm_reference(model: MobileNetV2, state_dict: Mapping[str, np.ndarray]):
     import timm
     import torch
 
-    tmodel = timm.create_model(model.pretrained_cfg["architecture"], num_classes=model.num_classes,
-                               in_chans=model.in_chans, global_pool=model.global_pool)
+    tmodel = timm.create_model(
+        model.pretrained_cfg["architecture"],
+        num_classes=model.num_classes,
+        in_chans=model.in_chans,
+        global_pool=model.global_pool,
+    )
     result = tmodel.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:

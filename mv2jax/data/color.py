@@ -60,7 +60,9 @@ class ColorJitter:
     def from_args(cls, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0) -> ColorJitter:
         """Build from torchvision's constructor arguments (numbers or (min, max) pairs)."""
         return cls(
-            _jitter_range(brightness), _jitter_range(contrast), _jitter_range(saturation),
+            _jitter_range(brightness),
+            _jitter_range(contrast),
+            _jitter_range(saturation),
             _jitter_range(hue, center=0.0, bound=(-0.5, 0.5), clip_first_on_zero=False),
         )
 

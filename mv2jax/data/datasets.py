@@ -23,8 +23,9 @@ IMG_EXTENSIONS = (".png", ".jpg", ".jpeg")
 # timm.data.dataset_factory split synonyms, used to find a split sub-folder or a TFDS split.
 TRAIN_SPLITS = ("train", "training")
 EVAL_SPLITS = ("val", "valid", "validation", "eval", "evaluation")
-DATASET_NAMES_HELP = ("'' or 'folder' (an ImageFolder tree, with --data-dir), 'tfds/NAME' (e.g. tfds/imagenet2012), "
-                      "'digits'")
+DATASET_NAMES_HELP = (
+    "'' or 'folder' (an ImageFolder tree, with --data-dir), 'tfds/NAME' (e.g. tfds/imagenet2012), 'digits'"
+)
 
 
 class ImageSource(Protocol):
@@ -99,8 +100,9 @@ def find_images_and_targets(folder: str) -> tuple[list[tuple[str, int]], dict[st
                 filenames.append(os.path.join(root, f))
                 labels.append(label)
     class_to_idx = {c: i for i, c in enumerate(sorted(set(labels), key=natural_key))}
-    samples = sorted(((f, class_to_idx[c]) for f, c in zip(filenames, labels, strict=True)),
-                     key=lambda s: natural_key(s[0]))
+    samples = sorted(
+        ((f, class_to_idx[c]) for f, c in zip(filenames, labels, strict=True)), key=lambda s: natural_key(s[0])
+    )
     return samples, class_to_idx
 
 
@@ -112,13 +114,17 @@ class ImageFolder:
 
     def __init__(self, root: str):
         if not os.path.isdir(root):
-            raise FileNotFoundError(f"dataset folder not found: {root!r} (pass --data-dir DIR with DIR/train and "
-                                    "DIR/validation (or DIR/val) holding one sub-folder per class)")
+            raise FileNotFoundError(
+                f"dataset folder not found: {root!r} (pass --data-dir DIR with DIR/train and "
+                "DIR/validation (or DIR/val) holding one sub-folder per class)"
+            )
         self.root = root
         self.samples, self.class_to_idx = find_images_and_targets(root)
         if not self.samples:
-            raise FileNotFoundError(f"no {'/'.join(IMG_EXTENSIONS)} images under {root!r} (expected "
-                                    f"{root}/<class_name>/<image>; check --data-dir)")
+            raise FileNotFoundError(
+                f"no {'/'.join(IMG_EXTENSIONS)} images under {root!r} (expected "
+                f"{root}/<class_name>/<image>; check --data-dir)"
+            )
         self.num_classes = len(self.class_to_idx)
 
     def __len__(self) -> int:
@@ -147,17 +153,20 @@ class TfdsSource:
         try:
             builder = tfds.builder(name, data_dir=data_dir)
         except tfds.core.registered.DatasetNotFoundError:
-            raise ValueError(f"unknown TFDS dataset {name!r} (check the name after 'tfds/'; a custom dataset must "
-                             "be prepared under --data-dir)") from None
+            raise ValueError(
+                f"unknown TFDS dataset {name!r} (check the name after 'tfds/'; a custom dataset must "
+                "be prepared under --data-dir)"
+            ) from None
         if not builder.is_prepared():
-            raise FileNotFoundError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r} (build it there "
-                                    f"first: `tfds build {name} --data_dir DIR --file_format array_record`, then "
-                                    "pass --data-dir DIR)")
+            raise FileNotFoundError(
+                f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r} (build it there "
+                f"first: `tfds build {name} --data_dir DIR --file_format array_record`, then "
+                "pass --data-dir DIR)"
+            )
         self.image_key, self.label_key = builder.info.supervised_keys or ("image", "label")
         self.split = _tfds_split(split, tuple(builder.info.splits.keys()))
         self.name = name
-        self.source = builder.as_data_source(split=self.split,
-                                             decoders={self.image_key: tfds.decode.SkipDecoding()})
+        self.source = builder.as_data_source(split=self.split, decoders={self.image_key: tfds.decode.SkipDecoding()})
         self.num_classes = builder.info.features[self.label_key].num_classes
 
     def __len__(self) -> int:
@@ -228,8 +237,9 @@ def _stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.nd
     return mask
 
 
-def create_dataset(name: str, root: str | None = None, split: str = "train", *, search_split_dir: bool = True,
-                   **kwargs: Any) -> ImageSource:
+def create_dataset(
+    name: str, root: str | None = None, split: str = "train", *, search_split_dir: bool = True, **kwargs: Any
+) -> ImageSource:
     """timm-style dataset factory: `''`/`'folder'`/`'image_folder'` -> ImageFolder (`root/<split>` resolved like
     timm's `_search_split`), `'tfds/NAME'` -> TfdsSource (root = TFDS data_dir), `'digits'` -> the embedded
     digits set (`kwargs`: image_size, holdout_fraction, seed)."""
@@ -242,8 +252,9 @@ def create_dataset(name: str, root: str | None = None, split: str = "train", *, 
         return Digits(split=split, **kwargs)
     if name in ("", "folder", "image_folder"):
         if not root:
-            raise ValueError("an ImageFolder dataset needs --data-dir DIR (or use --dataset digits for the "
-                             "embedded demo set)")
+            raise ValueError(
+                "an ImageFolder dataset needs --data-dir DIR (or use --dataset digits for the embedded demo set)"
+            )
         if search_split_dir and os.path.isdir(root):
             root = search_split(root, split)
         return ImageFolder(root)

@@ -95,7 +95,12 @@ def trim_border(img: Image.Image, border: int) -> Image.Image:
 
 
 def resized_crop(
-    img: Image.Image, top: int, left: int, height: int, width: int, size: int | Size,
+    img: Image.Image,
+    top: int,
+    left: int,
+    height: int,
+    width: int,
+    size: int | Size,
     interpolation: str | Image.Resampling,
 ) -> Image.Image:
     """torchvision `F.resized_crop` on PIL: crop the box, then resize it to `size` ((h, w); an int = square)."""

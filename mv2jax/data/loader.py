@@ -68,13 +68,16 @@ class StreamPlan:
 
     def __post_init__(self):
         if self.global_batch_size % self.shard_count:
-            raise ValueError(f"global batch size {self.global_batch_size} must be divisible by the process count "
-                             f"{self.shard_count}")
+            raise ValueError(
+                f"global batch size {self.global_batch_size} must be divisible by the process count {self.shard_count}"
+            )
         if not 0 <= self.shard_index < self.shard_count:
             raise ValueError(f"shard_index {self.shard_index} not in [0, {self.shard_count})")
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{self.num_examples} examples make no full global batch of {self.global_batch_size}; "
-                             "lower --batch-size or keep the last partial batch")
+            raise ValueError(
+                f"{self.num_examples} examples make no full global batch of {self.global_batch_size}; "
+                "lower --batch-size or keep the last partial batch"
+            )
 
     @property
     def local_batch_size(self) -> int:
@@ -131,8 +134,7 @@ class PlannedExamples(grain.MapDataset):
         image = np.asarray(image)
         if image.dtype != np.uint8:  # uint8 stays: a transform that leaves normalising to the device
             image = image.astype(np.float32, copy=False)
-        return {"image": image, "label": np.int32(label),
-                "mask": np.bool_(slot.is_real), "skipped": np.int32(skipped)}
+        return {"image": image, "label": np.int32(label), "mask": np.bool_(slot.is_real), "skipped": np.int32(skipped)}
 
     def _read(self, index: int) -> tuple[Any, int, int]:
         """Decode example `index`; in training an unreadable one is replaced by the next (timm's rule)."""
@@ -146,8 +148,9 @@ class PlannedExamples(grain.MapDataset):
                     raise UnreadableImageError(f"unreadable image {where}: {e}") from e
                 logger.warning("skipped unreadable image %s: %s", where, e)
                 index = (index + 1) % len(self.source)
-        raise UnreadableImageError(f"{MAX_DECODE_RETRIES} consecutive unreadable images, the last "
-                                   f"{self.source.describe(index)}")
+        raise UnreadableImageError(
+            f"{MAX_DECODE_RETRIES} consecutive unreadable images, the last {self.source.describe(index)}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,8 +188,9 @@ class Loader:
         ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=w.num_threads, prefetch_buffer_size=w.prefetch))
         if w.num_workers > 0:
             _allow_unparsed_absl_flags()
-            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=w.num_workers,
-                                                             per_worker_buffer_size=w.prefetch))
+            ds = ds.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=w.num_workers, per_worker_buffer_size=w.prefetch)
+            )
         return iter(ds)
 
 
@@ -223,23 +227,31 @@ class LoaderIterator(grain.DatasetIterator):
         skipped = int(batch.pop("skipped").sum())
         if skipped:
             self.num_skipped += skipped
-            logger.warning("replaced %d unreadable training image(s) in step %d (%d so far)", skipped, self.step,
-                           self.num_skipped)
+            logger.warning(
+                "replaced %d unreadable training image(s) in step %d (%d so far)", skipped, self.step, self.num_skipped
+            )
         self.step += 1
         return batch
 
     def get_state(self) -> dict[str, int]:
         plan = self.loader.plan
-        return {"step": self.step, "num_skipped": self.num_skipped, "seed": plan.seed,
-                "global_batch_size": plan.global_batch_size, "num_examples": plan.num_examples}
+        return {
+            "step": self.step,
+            "num_skipped": self.num_skipped,
+            "seed": plan.seed,
+            "global_batch_size": plan.global_batch_size,
+            "num_examples": plan.num_examples,
+        }
 
     def set_state(self, state: Mapping[str, int]) -> None:
         plan = self.loader.plan
         expected = {"seed": plan.seed, "global_batch_size": plan.global_batch_size, "num_examples": plan.num_examples}
         saved = {k: state[k] for k in expected}
         if saved != expected:
-            raise ValueError(f"loader state was saved for {saved}, this loader has {expected}; resume with the "
-                             "same dataset, --batch-size and --seed")
+            raise ValueError(
+                f"loader state was saved for {saved}, this loader has {expected}; resume with the "
+                "same dataset, --batch-size and --seed"
+            )
         self.close()
         self.step, self.num_skipped = int(state["step"]), int(state["num_skipped"])
 
@@ -292,8 +304,9 @@ def create_loader(
     return Loader(examples, WorkerConfig(num_workers=num_workers, num_threads=num_threads, prefetch=prefetch))
 
 
-def to_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh,
-                    sharding: NamedSharding | None = None) -> dict[str, jax.Array]:
+def to_global_batch(
+    local_batch: Mapping[str, np.ndarray], mesh: Mesh, sharding: NamedSharding | None = None
+) -> dict[str, jax.Array]:
     """Assemble every process's local batch into global device arrays (leading axis = global batch).
 
     `sharding` defaults to the batch axis split over the mesh's `data` axis (all axes if it has none).

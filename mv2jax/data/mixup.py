@@ -65,8 +65,9 @@ def one_hot(labels: jax.Array, num_classes: int, on_value: float = 1.0, off_valu
     return jnp.where(hot, jnp.float32(on_value), jnp.float32(off_value))
 
 
-def mixup_target(labels: jax.Array, num_classes: int, lam: float | jax.Array = 1.0,
-                 smoothing: float = 0.0) -> jax.Array:
+def mixup_target(
+    labels: jax.Array, num_classes: int, lam: float | jax.Array = 1.0, smoothing: float = 0.0
+) -> jax.Array:
     """timm's `mixup_target`: smoothed one-hot targets mixed with the mirrored batch's, f32 [B, num_classes].
 
     `lam` is a scalar or per-example `[B]` / `[B, 1]`.
@@ -122,8 +123,9 @@ def _draw_box(key: jax.Array, cfg: MixupConfig, lam: jax.Array, hw: tuple[int, i
     return jnp.stack([yl, yh, xl, xh], axis=-1).astype(jnp.int32)
 
 
-def draw_params(key: jax.Array, cfg: MixupConfig, batch_size: int, hw: tuple[int, int],
-                enabled: bool | jax.Array = True) -> MixParams:
+def draw_params(
+    key: jax.Array, cfg: MixupConfig, batch_size: int, hw: tuple[int, int], enabled: bool | jax.Array = True
+) -> MixParams:
     """Draw lambda, cutmix switch and box for a batch of `batch_size` NHWC images of spatial size `hw`."""
     if batch_size % 2:
         raise ValueError(f"mixup needs an even batch size, got {batch_size}")
@@ -138,8 +140,9 @@ def draw_params(key: jax.Array, cfg: MixupConfig, batch_size: int, hw: tuple[int
     return MixParams(lam, use_cutmix, box)
 
 
-def apply_params(images: jax.Array, labels: jax.Array, params: MixParams,
-                 cfg: MixupConfig) -> tuple[jax.Array, jax.Array]:
+def apply_params(
+    images: jax.Array, labels: jax.Array, params: MixParams, cfg: MixupConfig
+) -> tuple[jax.Array, jax.Array]:
     """Mix NHWC `images` [B,H,W,C] with `images[::-1]` as `params` say; return (images, f32 targets [B, K])."""
     _, h, w, _ = images.shape
     flipped = images[::-1]
@@ -157,8 +160,9 @@ def apply_params(images: jax.Array, labels: jax.Array, params: MixParams,
     return mixed, mixup_target(labels, cfg.num_classes, lam_target, cfg.label_smoothing)
 
 
-def mixup(key: jax.Array, images: jax.Array, labels: jax.Array, cfg: MixupConfig,
-          enabled: bool | jax.Array = True) -> tuple[jax.Array, jax.Array]:
+def mixup(
+    key: jax.Array, images: jax.Array, labels: jax.Array, cfg: MixupConfig, enabled: bool | jax.Array = True
+) -> tuple[jax.Array, jax.Array]:
     """timm's `Mixup(**cfg)(x, target)` for NHWC `images` [B,H,W,C] and int `labels` [B], drawn from `key`.
 
     Returns mixed images (same dtype) and soft targets f32 [B, num_classes]. `enabled=False` (timm's

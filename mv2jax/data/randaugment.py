@@ -24,24 +24,71 @@ RANDOM_INTERPOLATION = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC)
 _PIL_INTERP = {m.name.lower(): m for m in Image.Resampling}
 
 RAND_TRANSFORMS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd", "Color", "Contrast",
-    "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "Solarize",
+    "SolarizeAdd",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
 )
 RAND_INCREASING_TRANSFORMS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing", "SolarizeAdd",
-    "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing", "ShearX", "ShearY",
-    "TranslateXRel", "TranslateYRel",
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "PosterizeIncreasing",
+    "SolarizeIncreasing",
+    "SolarizeAdd",
+    "ColorIncreasing",
+    "ContrastIncreasing",
+    "BrightnessIncreasing",
+    "SharpnessIncreasing",
+    "ShearX",
+    "ShearY",
+    "TranslateXRel",
+    "TranslateYRel",
 )
 RAND_3A = ("SolarizeIncreasing", "Desaturate", "GaussianBlur")
 RAND_WEIGHTED_3A = {
-    "SolarizeIncreasing": 6, "Desaturate": 6, "GaussianBlur": 6, "Rotate": 3, "ShearX": 2, "ShearY": 2,
-    "PosterizeIncreasing": 1, "AutoContrast": 1, "ColorIncreasing": 1, "SharpnessIncreasing": 1,
-    "ContrastIncreasing": 1, "BrightnessIncreasing": 1, "Equalize": 1, "Invert": 1,
+    "SolarizeIncreasing": 6,
+    "Desaturate": 6,
+    "GaussianBlur": 6,
+    "Rotate": 3,
+    "ShearX": 2,
+    "ShearY": 2,
+    "PosterizeIncreasing": 1,
+    "AutoContrast": 1,
+    "ColorIncreasing": 1,
+    "SharpnessIncreasing": 1,
+    "ContrastIncreasing": 1,
+    "BrightnessIncreasing": 1,
+    "Equalize": 1,
+    "Invert": 1,
 }
 RAND_WEIGHTED_0 = {
-    "Rotate": 3, "ShearX": 2, "ShearY": 2, "TranslateXRel": 1, "TranslateYRel": 1, "ColorIncreasing": 0.25,
-    "SharpnessIncreasing": 0.25, "AutoContrast": 0.25, "SolarizeIncreasing": 0.05, "SolarizeAdd": 0.05,
-    "ContrastIncreasing": 0.05, "BrightnessIncreasing": 0.05, "Equalize": 0.05, "PosterizeIncreasing": 0.05,
+    "Rotate": 3,
+    "ShearX": 2,
+    "ShearY": 2,
+    "TranslateXRel": 1,
+    "TranslateYRel": 1,
+    "ColorIncreasing": 0.25,
+    "SharpnessIncreasing": 0.25,
+    "AutoContrast": 0.25,
+    "SolarizeIncreasing": 0.05,
+    "SolarizeAdd": 0.05,
+    "ContrastIncreasing": 0.05,
+    "BrightnessIncreasing": 0.05,
+    "Equalize": 0.05,
+    "PosterizeIncreasing": 0.05,
     "Invert": 0.05,
 }
 # Ops that resample (timm picks the resampling filter inside these, after the level arguments).
@@ -49,6 +96,7 @@ GEOMETRIC_OPS = frozenset({"Rotate", "ShearX", "ShearY", "TranslateX", "Translat
 
 
 # --- PIL ops: (img, *level_args, resample, fillcolor) -> img -------------------------------------------------
+
 
 def _affine(img: Image.Image, matrix: tuple[float, ...], resample: Image.Resampling, fillcolor) -> Image.Image:
     return img.transform(img.size, Image.Transform.AFFINE, matrix, resample=resample, fillcolor=fillcolor)
@@ -119,22 +167,34 @@ NAME_TO_OP: Mapping[str, Callable[..., Image.Image]] = {
     "Equalize": lambda img, **_: ImageOps.equalize(img),
     "Invert": lambda img, **_: ImageOps.invert(img),
     "Rotate": rotate,
-    "Posterize": posterize, "PosterizeIncreasing": posterize, "PosterizeOriginal": posterize,
-    "Solarize": _solarize, "SolarizeIncreasing": _solarize,
+    "Posterize": posterize,
+    "PosterizeIncreasing": posterize,
+    "PosterizeOriginal": posterize,
+    "Solarize": _solarize,
+    "SolarizeIncreasing": _solarize,
     "SolarizeAdd": solarize_add,
-    "Color": _enhance(ImageEnhance.Color), "ColorIncreasing": _enhance(ImageEnhance.Color),
-    "Contrast": _enhance(ImageEnhance.Contrast), "ContrastIncreasing": _enhance(ImageEnhance.Contrast),
-    "Brightness": _enhance(ImageEnhance.Brightness), "BrightnessIncreasing": _enhance(ImageEnhance.Brightness),
-    "Sharpness": _enhance(ImageEnhance.Sharpness), "SharpnessIncreasing": _enhance(ImageEnhance.Sharpness),
-    "ShearX": shear_x, "ShearY": shear_y,
-    "TranslateX": translate_x_abs, "TranslateY": translate_y_abs,
-    "TranslateXRel": translate_x_rel, "TranslateYRel": translate_y_rel,
+    "Color": _enhance(ImageEnhance.Color),
+    "ColorIncreasing": _enhance(ImageEnhance.Color),
+    "Contrast": _enhance(ImageEnhance.Contrast),
+    "ContrastIncreasing": _enhance(ImageEnhance.Contrast),
+    "Brightness": _enhance(ImageEnhance.Brightness),
+    "BrightnessIncreasing": _enhance(ImageEnhance.Brightness),
+    "Sharpness": _enhance(ImageEnhance.Sharpness),
+    "SharpnessIncreasing": _enhance(ImageEnhance.Sharpness),
+    "ShearX": shear_x,
+    "ShearY": shear_y,
+    "TranslateX": translate_x_abs,
+    "TranslateY": translate_y_abs,
+    "TranslateXRel": translate_x_rel,
+    "TranslateYRel": translate_y_rel,
     "Desaturate": desaturate,
-    "GaussianBlur": _blur, "GaussianBlurRand": _blur,  # GaussianBlurRand's radius is drawn with its level args
+    "GaussianBlur": _blur,
+    "GaussianBlurRand": _blur,  # GaussianBlurRand's radius is drawn with its level args
 }
 
 
 # --- level (magnitude) -> op arguments: (level, hparams, rng) -> tuple -------------------------------------------
+
 
 def _negate_half(v: float, rng: np.random.Generator) -> float:
     return -v if rng.random() > 0.5 else v
@@ -184,7 +244,9 @@ def _solarize_arg(level, _h, _rng):
 
 
 LEVEL_TO_ARG: Mapping[str, Callable[..., tuple] | None] = {
-    "AutoContrast": None, "Equalize": None, "Invert": None,
+    "AutoContrast": None,
+    "Equalize": None,
+    "Invert": None,
     "Rotate": _rotate_arg,
     "Posterize": _posterize_arg,
     "PosterizeIncreasing": lambda lv, h, r: (4 - _posterize_arg(lv, h, r)[0],),
@@ -192,13 +254,20 @@ LEVEL_TO_ARG: Mapping[str, Callable[..., tuple] | None] = {
     "Solarize": _solarize_arg,
     "SolarizeIncreasing": lambda lv, h, r: (256 - _solarize_arg(lv, h, r)[0],),
     "SolarizeAdd": lambda lv, _h, _r: (min(128, int(lv / LEVEL_DENOM * 110)),),
-    "Color": _enhance_arg, "ColorIncreasing": _enhance_increasing_arg,
-    "Contrast": _enhance_arg, "ContrastIncreasing": _enhance_increasing_arg,
-    "Brightness": _enhance_arg, "BrightnessIncreasing": _enhance_increasing_arg,
-    "Sharpness": _enhance_arg, "SharpnessIncreasing": _enhance_increasing_arg,
-    "ShearX": _shear_arg, "ShearY": _shear_arg,
-    "TranslateX": _translate_abs_arg, "TranslateY": _translate_abs_arg,
-    "TranslateXRel": _translate_rel_arg, "TranslateYRel": _translate_rel_arg,
+    "Color": _enhance_arg,
+    "ColorIncreasing": _enhance_increasing_arg,
+    "Contrast": _enhance_arg,
+    "ContrastIncreasing": _enhance_increasing_arg,
+    "Brightness": _enhance_arg,
+    "BrightnessIncreasing": _enhance_increasing_arg,
+    "Sharpness": _enhance_arg,
+    "SharpnessIncreasing": _enhance_increasing_arg,
+    "ShearX": _shear_arg,
+    "ShearY": _shear_arg,
+    "TranslateX": _translate_abs_arg,
+    "TranslateY": _translate_abs_arg,
+    "TranslateXRel": _translate_rel_arg,
+    "TranslateYRel": _translate_rel_arg,
     "Desaturate": lambda lv, h, r: _minmax_arg(lv, h, r, min_val=0.5, max_val=1.0),
     "GaussianBlur": lambda lv, h, r: _minmax_arg(lv, h, r, min_val=0.1, max_val=2.0),
     "GaussianBlurRand": _blur_rand_arg,

@@ -74,7 +74,7 @@ class RandomErasing:
             box = self.sample_box(img_h, img_w, count, rng)
             if box is not None:
                 top, left, h, w = box
-                img[top:top + h, left:left + w, :] = self.fill_values((h, w, chan), img.dtype, rng)
+                img[top : top + h, left : left + w, :] = self.fill_values((h, w, chan), img.dtype, rng)
         return img
 
     def erase_batch(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:

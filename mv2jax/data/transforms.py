@@ -215,9 +215,19 @@ def create_transform(
         jitter = ColorJitter.from_args(*jitter_args)
     erasing = RandomErasing(re_prob, mode=re_mode, max_count=re_count, num_splits=re_num_splits) if re_prob else None
     return TrainTransform(
-        img_size=as_size(img_size), scale=tuple(scale or (0.08, 1.0)), ratio=tuple(ratio or (3.0 / 4.0, 4.0 / 3.0)),
-        interpolation=interpolation, hflip=hflip, vflip=vflip, rand_augment=rand_augment, color_jitter=jitter,
-        color_jitter_prob=color_jitter_prob, grayscale_prob=grayscale_prob, mean=mean, std=std, normalize=normalize,
+        img_size=as_size(img_size),
+        scale=tuple(scale or (0.08, 1.0)),
+        ratio=tuple(ratio or (3.0 / 4.0, 4.0 / 3.0)),
+        interpolation=interpolation,
+        hflip=hflip,
+        vflip=vflip,
+        rand_augment=rand_augment,
+        color_jitter=jitter,
+        color_jitter_prob=color_jitter_prob,
+        grayscale_prob=grayscale_prob,
+        mean=mean,
+        std=std,
+        normalize=normalize,
         random_erasing=erasing,
     )
 

@@ -152,7 +152,11 @@ def feature_taps(stages: list[list[BlockSpec]], stem_chs: int) -> list[dict]:
         is_last = stage_idx + 1 == len(stages)
         if is_last or stages[stage_idx + 1][0].stride > 1:
             taps.append(
-                {"stage": stage_idx + 1, "reduction": reduction, "module": f"blocks.{stage_idx}",
-                 "num_chs": stage[-1].out_chs}
+                {
+                    "stage": stage_idx + 1,
+                    "reduction": reduction,
+                    "module": f"blocks.{stage_idx}",
+                    "num_chs": stage[-1].out_chs,
+                }
             )
     return taps

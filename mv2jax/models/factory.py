@@ -20,7 +20,7 @@ def _resolve_name(name: str) -> tuple[str, dict]:
     if name.startswith(HF_HUB_PREFIX):
         from mv2jax.convert import hub_config
 
-        repo_id = name[len(HF_HUB_PREFIX):]
+        repo_id = name[len(HF_HUB_PREFIX) :]
         config = hub_config(repo_id)
         architecture = config.get("architecture", "")
         if architecture not in VARIANTS:

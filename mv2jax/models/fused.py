@@ -93,10 +93,14 @@ def _conv(x: jax.Array, p: Params, spec: ConvSpec, impl: str) -> jax.Array:
     if impl == "cpu" and not spec.depthwise and k > 1 and x.shape[-1] * k * k <= 64:  # the stem: k*k*C_in FMAs
         xp = _pad_hw(x, pad)
         oh, ow = (xp.shape[1] - k) // s + 1, (xp.shape[2] - k) // s + 1
-        terms = [_tap(xp, i, j, s, oh, ow)[..., c:c + 1] * w[i, j, c]
-                 for i in range(k) for j in range(k) for c in range(x.shape[-1])]
+        terms = [
+            _tap(xp, i, j, s, oh, ow)[..., c : c + 1] * w[i, j, c]
+            for i in range(k)
+            for j in range(k)
+            for c in range(x.shape[-1])
+        ]
         while len(terms) > 1:  # pairwise sum: float32 error grows with log2(27), not 27, as in a dot
-            terms = [a + b for a, b in zip(terms[::2], terms[1::2], strict=False)] + terms[len(terms) // 2 * 2:]
+            terms = [a + b for a, b in zip(terms[::2], terms[1::2], strict=False)] + terms[len(terms) // 2 * 2 :]
         y = terms[0]
     else:
         y = conv2d(x, w, s, pad, x.shape[-1] if spec.depthwise else 1, impl)
@@ -200,10 +204,15 @@ def fuse_for_inference(model: MobileNetV2, *, batch_chunk: int | None = None) ->
     blocks = [_block_layers(b) for b in modules]
     spec = FusedSpec(
         stem=_spec(model.conv_stem, model.bn1),
-        blocks=tuple((tuple(_spec(c, n) for c, n in layers), b.has_skip)
-                     for layers, b in zip(blocks, modules, strict=True)),
-        head=_spec(model.conv_head, model.bn2), global_pool=model.global_pool,
-        has_classifier=model.classifier is not None, conv_impl=impl, dtype=model.dtype or pdtype)
+        blocks=tuple(
+            (tuple(_spec(c, n) for c, n in layers), b.has_skip) for layers, b in zip(blocks, modules, strict=True)
+        ),
+        head=_spec(model.conv_head, model.bn2),
+        global_pool=model.global_pool,
+        has_classifier=model.classifier is not None,
+        conv_impl=impl,
+        dtype=model.dtype or pdtype,
+    )
     params: Params = {
         "stem": _fold(model.conv_stem, model.bn1, pdtype),
         "blocks": [[_fold(c, n, pdtype) for c, n in layers] for layers in blocks],

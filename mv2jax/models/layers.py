@@ -137,7 +137,7 @@ class BatchNormAct2d(nnx.Module):
         self.eps, self.momentum, self.dtype = eps, momentum, dtype
         self.use_running_average = False
         self.stat_groups = 1
-        self.running_stats_from = 'mean'
+        self.running_stats_from = "mean"
         self.weight = _param(np.ones(num_features), param_dtype)
         self.bias = _param(np.zeros(num_features), param_dtype)
         stat_dtype = jnp.promote_types(jnp.float32, param_dtype)
@@ -174,17 +174,21 @@ class BatchNormAct2d(nnx.Module):
 
 
 @functools.partial(jax.jit, static_argnums=(5, 6, 7))
-def _running_stats_update(running_mean, running_var, num_batches_tracked, mean, var, n: int, momentum: float,
-                          running_stats_from: str):
+def _running_stats_update(
+    running_mean, running_var, num_batches_tracked, mean, var, n: int, momentum: float, running_stats_from: str
+):
     """(running_mean, running_var, num_batches_tracked) after one update; jitted to trace once per shape."""
     unbiased = var * (n / max(n - 1, 1))
-    if running_stats_from == 'first':
+    if running_stats_from == "first":
         fed_mean, fed_var = mean[0], unbiased[0]
     else:
         fed_mean, fed_var = jnp.mean(mean, axis=0), jnp.mean(unbiased, axis=0)
     m = momentum
-    return (((1 - m) * running_mean + m * fed_mean).astype(running_mean.dtype),
-            ((1 - m) * running_var + m * fed_var).astype(running_var.dtype), num_batches_tracked + 1)
+    return (
+        ((1 - m) * running_mean + m * fed_mean).astype(running_mean.dtype),
+        ((1 - m) * running_var + m * fed_var).astype(running_var.dtype),
+        num_batches_tracked + 1,
+    )
 
 
 def check_running_stats_from(value: str) -> None:

@@ -34,8 +34,17 @@ class LayerOpts:
     param_dtype: jnp.dtype = jnp.float32
 
     def conv(self, in_chs, out_chs, k, *, rngs, stride=1, groups=1) -> Conv2d:
-        return Conv2d(in_chs, out_chs, k, stride=stride, groups=groups, conv_impl=self.conv_impl,
-                      dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
+        return Conv2d(
+            in_chs,
+            out_chs,
+            k,
+            stride=stride,
+            groups=groups,
+            conv_impl=self.conv_impl,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            rngs=rngs,
+        )
 
     def bn(self, chs, *, apply_act=True) -> BatchNormAct2d:
         return BatchNormAct2d(chs, apply_act=apply_act, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -199,10 +208,11 @@ class MobileNetV2(nnx.Module):
         """New classifier (timm's init) for `num_classes` (0 removes it); keeps the pooling unless given."""
         if self.features_only:
             raise ValueError("a features_only model has no classifier to reset")
-        self._init_classifier(num_classes, self.global_pool if global_pool is None else global_pool,
-                              nnx.Rngs(params=seed))
+        self._init_classifier(
+            num_classes, self.global_pool if global_pool is None else global_pool, nnx.Rngs(params=seed)
+        )
 
-    def set_bn_stat_groups(self, groups: int, running_stats_from: str = 'mean') -> MobileNetV2:
+    def set_bn_stat_groups(self, groups: int, running_stats_from: str = "mean") -> MobileNetV2:
         """Train-mode BatchNorm statistics per group of `batch/groups` examples (1 = whole batch). With the
         batch sharded over N devices, `groups=N` gives timm's per-GPU BatchNorm; 1 gives `--sync-bn`.
         `running_stats_from`: the running statistics follow the 'mean' over the groups (timm's `--dist-bn

@@ -94,9 +94,10 @@ def _depthwise_bwd(stride, pad, res, dy):
     extra_h = (hp - k + 1) - ((oh - 1) * stride + 1)
     extra_w = (wp - k + 1) - ((ow - 1) * stride + 1)
     zero = jnp.zeros((), dy.dtype)
-    dyp = jax.lax.pad(dy, zero, ((0, 0, 0), (k - 1, k - 1 + extra_h, stride - 1),
-                                 (k - 1, k - 1 + extra_w, stride - 1), (0, 0, 0)))
-    dx = _taps(dyp, w[::-1, ::-1], 1, hp, wp)[:, pad:pad + h, pad:pad + wd, :]
+    dyp = jax.lax.pad(
+        dy, zero, ((0, 0, 0), (k - 1, k - 1 + extra_h, stride - 1), (k - 1, k - 1 + extra_w, stride - 1), (0, 0, 0))
+    )
+    dx = _taps(dyp, w[::-1, ::-1], 1, hp, wp)[:, pad : pad + h, pad : pad + wd, :]
     return dx, _depthwise_weight_grad(xp, dy, k, stride).astype(w.dtype)
 
 
@@ -164,8 +165,9 @@ def _bn_apply(xg, weight, bias, mean, rstd, relu6):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_norm_train(xg: jax.Array, weight: jax.Array, bias: jax.Array, eps: float,
-                     relu6: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+def batch_norm_train(
+    xg: jax.Array, weight: jax.Array, bias: jax.Array, eps: float, relu6: bool
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Train-mode BatchNorm (+ ReLU6) with statistics per group.
 
     xg: `[G, n, H, W, C]` (G groups of n examples); weight, bias: `[C]`. Returns (y like xg, mean `[G, C]`,

@@ -46,6 +46,7 @@ CHECKPOINTS_DIR = "checkpoints"
 
 # --- tree helpers -------------------------------------------------------------------------------------------------
 
+
 def merge_trees(a: Mapping, b: Mapping) -> dict:
     """Deep merge of two nested dicts with disjoint leaves (params + batch_stats -> one module state)."""
     out = dict(a)
@@ -80,8 +81,9 @@ def encode_rng(rng_state: PyTree) -> PyTree:
 
 def decode_rng(encoded: PyTree, template: PyTree) -> PyTree:
     """Inverse of `encode_rng`, with the key implementations of `template`."""
-    return jax.tree.map(lambda e, t: jax.random.wrap_key_data(e, impl=jax.random.key_impl(t)) if _is_key(t) else e,
-                        encoded, template)
+    return jax.tree.map(
+        lambda e, t: jax.random.wrap_key_data(e, impl=jax.random.key_impl(t)) if _is_key(t) else e, encoded, template
+    )
 
 
 def _abstract(tree: PyTree) -> PyTree:
@@ -101,6 +103,7 @@ def set_step(state: TrainState, step: int) -> TrainState:
 
 # --- the manager --------------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class Restored:
     """What `TrainCheckpointer.restore` returns: the train state, the JSON meta and the loader state."""
@@ -117,21 +120,37 @@ class TrainCheckpointer:
     whose best checkpoint is kept as well (higher is better unless `higher_is_better=False`).
     """
 
-    def __init__(self, directory: str | Path, *, keep_last: int = 10, best_metric: str | None = "top1",
-                 higher_is_better: bool = True, read_only: bool = False, async_save: bool = True):
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        keep_last: int = 10,
+        best_metric: str | None = "top1",
+        higher_is_better: bool = True,
+        read_only: bool = False,
+        async_save: bool = True,
+    ):
         self.directory = Path(directory).absolute()
         self.best_metric, self.higher_is_better = best_metric, higher_is_better
         policies: list = [ocm.LatestN(n=keep_last)]
         best_fn = None
         if best_metric:
             best_fn = lambda m: m[best_metric]
-            policies.append(ocm.BestN(get_metric_fn=best_fn, reverse=not higher_is_better, n=1,
-                                      keep_checkpoints_without_metrics=False))
+            policies.append(
+                ocm.BestN(
+                    get_metric_fn=best_fn, reverse=not higher_is_better, n=1, keep_checkpoints_without_metrics=False
+                )
+            )
         # best_fn also makes orbax write the metrics to disk, so the best survives a restart
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=ocm.AnyPreservationPolicy(policies), best_fn=best_fn,
-            best_mode="max" if higher_is_better else "min", read_only=read_only,
-            enable_async_checkpointing=async_save, create=not read_only, cleanup_tmp_directories=not read_only)
+            preservation_policy=ocm.AnyPreservationPolicy(policies),
+            best_fn=best_fn,
+            best_mode="max" if higher_is_better else "min",
+            read_only=read_only,
+            enable_async_checkpointing=async_save,
+            create=not read_only,
+            cleanup_tmp_directories=not read_only,
+        )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def latest_step(self) -> int | None:
@@ -142,14 +161,23 @@ class TrainCheckpointer:
 
     def best_step(self) -> int | None:
         """The step with the best `best_metric` among kept checkpoints (None if none has metrics)."""
-        scored = [(m[self.best_metric], s) for s in self.all_steps()
-                  if self.best_metric and (m := self.manager.metrics(s)) and self.best_metric in m]
+        scored = [
+            (m[self.best_metric], s)
+            for s in self.all_steps()
+            if self.best_metric and (m := self.manager.metrics(s)) and self.best_metric in m
+        ]
         if not scored:
             return None
         return (max if self.higher_is_better else min)(scored)[1]
 
-    def save(self, state: TrainState, *, meta: Mapping[str, Any], data_state: Mapping[str, Any] | None,
-             metrics: Mapping[str, float] | None = None) -> bool:
+    def save(
+        self,
+        state: TrainState,
+        *,
+        meta: Mapping[str, Any],
+        data_state: Mapping[str, Any] | None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> bool:
         """Start an async save of `state` at `state.step` (returns at once; False if that step is saved already).
 
         The arrays are copied to host memory before this returns, so `state` may be donated to the next step."""
@@ -183,8 +211,9 @@ class TrainCheckpointer:
             state_target["ema"] = model_template
         items = {
             "state": ocp.args.StandardRestore(_abstract(state_target)),
-            "train": ocp.args.StandardRestore(_abstract({"step": template.step,
-                                                         "rng_state": encode_rng(template.rng_state)})),
+            "train": ocp.args.StandardRestore(
+                _abstract({"step": template.step, "rng_state": encode_rng(template.rng_state)})
+            ),
             "data": ocp.args.JsonRestore(),
         }
         got = dict(self.manager.restore(step, args=ocp.args.Composite(**items)))
@@ -197,9 +226,14 @@ class TrainCheckpointer:
             source = got["state"].get("ema", model)
             ema = {"params": take_like(source, template.params), "batch_stats": take_like(source, template.batch_stats)}
             ema = jax.tree.map(lambda x: x.copy(), ema)  # separate buffers from the model's (both are donated)
-        state = TrainState(step=got["train"]["step"], params=params, batch_stats=batch_stats,
-                           rng_state=decode_rng(got["train"]["rng_state"], template.rng_state),
-                           opt_state=got["opt_state"] if restore_opt else template.opt_state, ema=ema)
+        state = TrainState(
+            step=got["train"]["step"],
+            params=params,
+            batch_stats=batch_stats,
+            rng_state=decode_rng(got["train"]["rng_state"], template.rng_state),
+            opt_state=got["opt_state"] if restore_opt else template.opt_state,
+            ema=ema,
+        )
         if not restore_opt:
             state = set_step(state, int(jax.device_get(state.step)))
         return Restored(state, meta, dict(got["data"]) if got.get("data") else None)
@@ -216,7 +250,8 @@ class TrainCheckpointer:
             raise ValueError(
                 f"checkpoint step {step}: its optimizer state does not fit this optimizer (another --opt or model, "
                 f"or saved by an mv2jax before the packed optimizer state): resume with --no-resume-opt to restore "
-                f"the weights, EMA and step with a fresh optimizer state") from None
+                f"the weights, EMA and step with a fresh optimizer state"
+            ) from None
 
     def wait(self) -> None:
         """Block until pending async saves are committed."""
@@ -248,12 +283,16 @@ def find_checkpoint(path: str | Path) -> tuple[Path, int | None]:
     if path.name.isdigit() and (path / "meta").exists():
         return path.parent, int(path.name)
     root = path / CHECKPOINTS_DIR if (path / CHECKPOINTS_DIR).is_dir() else path
-    steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "meta").exists()) \
-        if root.is_dir() else []
+    steps = (
+        sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "meta").exists())
+        if root.is_dir()
+        else []
+    )
     return root, (steps[-1] if steps else None)
 
 
 # --- preemption ---------------------------------------------------------------------------------------------------
+
 
 class PreemptionGuard:
     """SIGTERM -> a stop request seen at the next step boundary (`requested(step)`).

@@ -40,11 +40,13 @@ class ConfigError(ValueError):
     """A configuration that cannot run (reported as one line, exit code 2)."""
 
 
-def flag(*names: str, default: Any = None, help: str = "", group: str = "Miscellaneous parameters",
-         **argparse_kwargs: Any) -> Any:
+def flag(
+    *names: str, default: Any = None, help: str = "", group: str = "Miscellaneous parameters", **argparse_kwargs: Any
+) -> Any:
     """A `TrainConfig` field that is also a command-line flag (`names` as argparse option strings)."""
-    return dataclasses.field(default=default, metadata={"names": names, "help": help, "group": group,
-                                                        "argparse": argparse_kwargs})
+    return dataclasses.field(
+        default=default, metadata={"names": names, "help": help, "group": group, "argparse": argparse_kwargs}
+    )
 
 
 _DATA, _MODEL, _DEVICE, _OPT = "Dataset parameters", "Model parameters", "Device parameters", "Optimizer parameters"
@@ -62,19 +64,30 @@ class TrainConfig:
 
     # Dataset
     data_dir: str | None = flag("--data-dir", group=_DATA, metavar="DIR", help="path to dataset (root dir)")
-    dataset: str = flag("--dataset", default="", group=_DATA, metavar="NAME",
-                        help="'' (ImageFolder under --data-dir), 'tfds/NAME' or 'digits' (embedded demo set)")
+    dataset: str = flag(
+        "--dataset",
+        default="",
+        group=_DATA,
+        metavar="NAME",
+        help="'' (ImageFolder under --data-dir), 'tfds/NAME' or 'digits' (embedded demo set)",
+    )
     train_split: str = flag("--train-split", default="train", group=_DATA, metavar="NAME")
     val_split: str = flag("--val-split", default="validation", group=_DATA, metavar="NAME")
     # Model
     model: str = flag("--model", default="mobilenetv2_100", group=_MODEL, metavar="MODEL")
     pretrained: bool = flag("--pretrained", default=False, group=_MODEL, action="store_true")
     initial_checkpoint: str = flag("--initial-checkpoint", default="", group=_MODEL, metavar="PATH")
-    resume: str = flag("--resume", default="", group=_MODEL, metavar="PATH",
-                       help="resume from this checkpoint (a step directory, or a run/checkpoints directory: latest)")
+    resume: str = flag(
+        "--resume",
+        default="",
+        group=_MODEL,
+        metavar="PATH",
+        help="resume from this checkpoint (a step directory, or a run/checkpoints directory: latest)",
+    )
     no_resume_opt: bool = flag("--no-resume-opt", default=False, group=_MODEL, action="store_true")
-    num_classes: int | None = flag("--num-classes", group=_MODEL, type=int, metavar="N",
-                                   help="number of classes (default: the dataset's)")
+    num_classes: int | None = flag(
+        "--num-classes", group=_MODEL, type=int, metavar="N", help="number of classes (default: the dataset's)"
+    )
     gp: str | None = flag("--gp", group=_MODEL, metavar="POOL", help="global pool: avg, max, avgmax, catavgmax")
     img_size: int | None = flag("--img-size", group=_MODEL, type=int, metavar="N")
     in_chans: int | None = flag("--in-chans", group=_MODEL, type=int, metavar="N")
@@ -83,22 +96,46 @@ class TrainConfig:
     mean: tuple[float, ...] | None = flag("--mean", group=_MODEL, type=float, nargs="+", metavar="MEAN")
     std: tuple[float, ...] | None = flag("--std", group=_MODEL, type=float, nargs="+", metavar="STD")
     interpolation: str = flag("--interpolation", default="", group=_MODEL, metavar="NAME")
-    batch_size: int = flag("-b", "--batch-size", default=128, group=_MODEL, type=int, metavar="N",
-                           help="batch size per device (default: 128)")
-    validation_batch_size: int | None = flag("-vb", "--validation-batch-size", "--val-batch-size", group=_MODEL,
-                                             type=int, metavar="N")
-    head_init_scale: float | None = flag("--head-init-scale", group=_MODEL, type=float,
-                                         help="multiply the classifier's initial weight and bias by this")
-    head_init_bias: float | None = flag("--head-init-bias", group=_MODEL, type=float,
-                                        help="initial classifier bias value")
-    conv_impl: str = flag("--conv-impl", default="auto", group=_MODEL, choices=CONV_IMPLS,
-                          help="mv2jax: convolution implementation (auto: 'cpu' on CPU, 'xla' elsewhere)")
+    batch_size: int = flag(
+        "-b",
+        "--batch-size",
+        default=128,
+        group=_MODEL,
+        type=int,
+        metavar="N",
+        help="batch size per device (default: 128)",
+    )
+    validation_batch_size: int | None = flag(
+        "-vb", "--validation-batch-size", "--val-batch-size", group=_MODEL, type=int, metavar="N"
+    )
+    head_init_scale: float | None = flag(
+        "--head-init-scale", group=_MODEL, type=float, help="multiply the classifier's initial weight and bias by this"
+    )
+    head_init_bias: float | None = flag(
+        "--head-init-bias", group=_MODEL, type=float, help="initial classifier bias value"
+    )
+    conv_impl: str = flag(
+        "--conv-impl",
+        default="auto",
+        group=_MODEL,
+        choices=CONV_IMPLS,
+        help="mv2jax: convolution implementation (auto: 'cpu' on CPU, 'xla' elsewhere)",
+    )
     # Device
-    amp: bool = flag("--amp", default=False, group=_DEVICE, action="store_true",
-                     help="mixed precision: bfloat16 compute, float32 parameters, losses and BN statistics")
-    compile_cache: str | None = flag("--compile-cache", group=_DEVICE, metavar="DIR",
-                                     help="mv2jax: persistent XLA compilation cache (default ~/.cache/mv2jax/xla "
-                                          "or $JAX_COMPILATION_CACHE_DIR; '' turns it off)")
+    amp: bool = flag(
+        "--amp",
+        default=False,
+        group=_DEVICE,
+        action="store_true",
+        help="mixed precision: bfloat16 compute, float32 parameters, losses and BN statistics",
+    )
+    compile_cache: str | None = flag(
+        "--compile-cache",
+        group=_DEVICE,
+        metavar="DIR",
+        help="mv2jax: persistent XLA compilation cache (default ~/.cache/mv2jax/xla "
+        "or $JAX_COMPILATION_CACHE_DIR; '' turns it off)",
+    )
     # Optimizer
     opt: str = flag("--opt", default="sgd", group=_OPT, metavar="OPTIMIZER")
     opt_eps: float | None = flag("--opt-eps", group=_OPT, type=float, metavar="EPSILON")
@@ -110,8 +147,9 @@ class TrainConfig:
     # Learning-rate schedule
     sched: str = flag("--sched", default="cosine", group=_SCHED, choices=("step", "cosine", "constant"))
     sched_on_updates: bool = flag("--sched-on-updates", default=False, group=_SCHED, action="store_true")
-    lr: float | None = flag("--lr", group=_SCHED, type=float, metavar="LR",
-                            help="learning rate, overrides --lr-base if set")
+    lr: float | None = flag(
+        "--lr", group=_SCHED, type=float, metavar="LR", help="learning rate, overrides --lr-base if set"
+    )
     lr_base: float = flag("--lr-base", default=0.1, group=_SCHED, type=float, metavar="LR")
     lr_base_size: int = flag("--lr-base-size", default=256, group=_SCHED, type=int, metavar="DIV")
     lr_base_scale: str = flag("--lr-base-scale", default="", group=_SCHED, choices=("", "linear", "sqrt"))
@@ -128,8 +166,9 @@ class TrainConfig:
     no_aug: bool = flag("--no-aug", default=False, group=_AUG, action="store_true")
     train_crop_mode: str | None = flag("--train-crop-mode", group=_AUG)
     scale: tuple[float, ...] = flag("--scale", default=(0.08, 1.0), group=_AUG, type=float, nargs="+", metavar="PCT")
-    ratio: tuple[float, ...] = flag("--ratio", default=(3.0 / 4.0, 4.0 / 3.0), group=_AUG, type=float, nargs="+",
-                                    metavar="RATIO")
+    ratio: tuple[float, ...] = flag(
+        "--ratio", default=(3.0 / 4.0, 4.0 / 3.0), group=_AUG, type=float, nargs="+", metavar="RATIO"
+    )
     hflip: float = flag("--hflip", default=0.5, group=_AUG, type=float)
     vflip: float = flag("--vflip", default=0.0, group=_AUG, type=float)
     color_jitter: float = flag("--color-jitter", default=0.4, group=_AUG, type=float, metavar="PCT")
@@ -140,8 +179,13 @@ class TrainConfig:
     reprob: float = flag("--reprob", default=0.0, group=_AUG, type=float, metavar="PCT")
     remode: str = flag("--remode", default="pixel", group=_AUG)
     recount: int = flag("--recount", default=1, group=_AUG, type=int)
-    resplit: bool = flag("--resplit", default=False, group=_AUG, action="store_true",
-                         help="no effect without augmentation splits (as in timm)")
+    resplit: bool = flag(
+        "--resplit",
+        default=False,
+        group=_AUG,
+        action="store_true",
+        help="no effect without augmentation splits (as in timm)",
+    )
     mixup: float = flag("--mixup", default=0.0, group=_AUG, type=float)
     cutmix: float = flag("--cutmix", default=0.0, group=_AUG, type=float)
     cutmix_minmax: tuple[float, ...] | None = flag("--cutmix-minmax", group=_AUG, type=float, nargs="+")
@@ -152,15 +196,26 @@ class TrainConfig:
     smoothing: float = flag("--smoothing", default=0.1, group=_AUG, type=float)
     train_interpolation: str = flag("--train-interpolation", default="random", group=_AUG)
     drop: float = flag("--drop", default=0.0, group=_AUG, type=float, metavar="PCT")
-    drop_connect: float | None = flag("--drop-connect", group=_AUG, type=float, metavar="PCT",
-                                      help="deprecated alias of --drop-path")
+    drop_connect: float | None = flag(
+        "--drop-connect", group=_AUG, type=float, metavar="PCT", help="deprecated alias of --drop-path"
+    )
     drop_path: float | None = flag("--drop-path", group=_AUG, type=float, metavar="PCT")
     # Batch norm
-    sync_bn: bool = flag("--sync-bn", default=False, group=_BN, action="store_true",
-                         help="BatchNorm statistics over the global batch (default: per device, as timm)")
-    dist_bn: str = flag("--dist-bn", default="reduce", group=_BN, choices=DIST_BN_MODES,
-                        help="per-device BatchNorm running statistics: reduce (mean over devices), broadcast "
-                             "(device 0's), '' (no sync; kept as broadcast, timm's saved statistics)")
+    sync_bn: bool = flag(
+        "--sync-bn",
+        default=False,
+        group=_BN,
+        action="store_true",
+        help="BatchNorm statistics over the global batch (default: per device, as timm)",
+    )
+    dist_bn: str = flag(
+        "--dist-bn",
+        default="reduce",
+        group=_BN,
+        choices=DIST_BN_MODES,
+        help="per-device BatchNorm running statistics: reduce (mean over devices), broadcast "
+        "(device 0's), '' (no sync; kept as broadcast, timm's saved statistics)",
+    )
     # EMA
     model_ema: bool = flag("--model-ema", default=False, group=_EMA, action="store_true")
     model_ema_decay: float = flag("--model-ema-decay", default=0.9998, group=_EMA, type=float)
@@ -168,14 +223,20 @@ class TrainConfig:
     # Misc
     seed: int = flag("--seed", default=42, type=int, metavar="S")
     log_interval: int = flag("--log-interval", default=50, type=int, metavar="N")
-    checkpoint_hist: int = flag("--checkpoint-hist", default=10, type=int, metavar="N",
-                                help="number of latest checkpoints to keep (the best is kept as well)")
+    checkpoint_hist: int = flag(
+        "--checkpoint-hist",
+        default=10,
+        type=int,
+        metavar="N",
+        help="number of latest checkpoints to keep (the best is kept as well)",
+    )
     workers: int = flag("-j", "--workers", default=4, type=int, metavar="N", help="data loading processes")
     output: str = flag("--output", default="", metavar="PATH", help=f"output root (default: {DEFAULT_OUTPUT})")
     experiment: str = flag("--experiment", default="", metavar="NAME")
     eval_metric: str = flag("--eval-metric", default="top1", choices=EVAL_METRICS)
-    steps_per_epoch: int | None = flag("--steps-per-epoch", type=int, metavar="N",
-                                       help="mv2jax: at most N steps per epoch (smoke runs)")
+    steps_per_epoch: int | None = flag(
+        "--steps-per-epoch", type=int, metavar="N", help="mv2jax: at most N steps per epoch (smoke runs)"
+    )
     # Multi-host (mv2jax; TPU pods and SLURM clusters auto-detect with --num-processes alone)
     coordinator_address: str | None = flag("--coordinator-address", group=_DIST, metavar="HOST:PORT")
     num_processes: int | None = flag("--num-processes", group=_DIST, type=int, metavar="N")
@@ -195,12 +256,18 @@ class TrainConfig:
 
     def output_dir(self, img_size: int) -> Path:
         """`<output>/<experiment>`; the default experiment name is timm's without the date (resumable)."""
-        name = self.experiment or "-".join([self.model.replace("/", "_").replace(":", "_"),
-                                           (self.dataset or "folder").replace("/", "_"), str(img_size)])
+        name = self.experiment or "-".join(
+            [
+                self.model.replace("/", "_").replace(":", "_"),
+                (self.dataset or "folder").replace("/", "_"),
+                str(img_size),
+            ]
+        )
         return Path(self.output or DEFAULT_OUTPUT) / name
 
 
 # --- timm flags that are not TrainConfig fields ----------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class ExtraFlag:
@@ -218,44 +285,63 @@ _INT, _FLOAT, _FLOATS = {"type": int}, {"type": float}, {"type": float, "nargs":
 
 JAX_MAPPED: Mapping[str, ExtraFlag] = {
     "channels_last": ExtraFlag(("--channels-last",), "mv2jax is always NHWC", False, _STORE_TRUE),
-    "pin_mem": ExtraFlag(("--pin-mem",), "batches go host->device with jax.make_array_from_process_local_data",
-                         False, _STORE_TRUE),
-    "no_prefetcher": ExtraFlag(("--no-prefetcher",), "grain prefetches on the host; normalisation is in the "
-                               "transform", False, _STORE_TRUE),
-    "torchscript": ExtraFlag(("--torchscript",), "the train and eval steps are jax.jit-compiled", False,
-                             _STORE_TRUE),
-    "torchcompile": ExtraFlag(("--torchcompile",), "the train and eval steps are jax.jit-compiled", None,
-                              {"nargs": "?", "const": "inductor"}),
+    "pin_mem": ExtraFlag(
+        ("--pin-mem",), "batches go host->device with jax.make_array_from_process_local_data", False, _STORE_TRUE
+    ),
+    "no_prefetcher": ExtraFlag(
+        ("--no-prefetcher",), "grain prefetches on the host; normalisation is in the transform", False, _STORE_TRUE
+    ),
+    "torchscript": ExtraFlag(("--torchscript",), "the train and eval steps are jax.jit-compiled", False, _STORE_TRUE),
+    "torchcompile": ExtraFlag(
+        ("--torchcompile",), "the train and eval steps are jax.jit-compiled", None, {"nargs": "?", "const": "inductor"}
+    ),
     "torchcompile_mode": ExtraFlag(("--torchcompile-mode",), "XLA compiles the steps (no modes)"),
     "fuser": ExtraFlag(("--fuser",), "XLA fuses the jitted steps", ""),
     "fast_norm": ExtraFlag(("--fast-norm",), "XLA fuses BatchNorm", False, _STORE_TRUE),
-    "grad_checkpointing": ExtraFlag(("--grad-checkpointing",), "not needed at these sizes; XLA plans memory",
-                                    False, _STORE_TRUE),
-    "amp_dtype": ExtraFlag(("--amp-dtype",), "--amp computes in bfloat16 (float16 would need loss scaling)",
-                           "float16"),
+    "grad_checkpointing": ExtraFlag(
+        ("--grad-checkpointing",), "not needed at these sizes; XLA plans memory", False, _STORE_TRUE
+    ),
+    "amp_dtype": ExtraFlag(("--amp-dtype",), "--amp computes in bfloat16 (float16 would need loss scaling)", "float16"),
     "amp_impl": ExtraFlag(("--amp-impl",), "--amp is a bfloat16 compute dtype (no apex/native split)", "native"),
-    "model_ema_force_cpu": ExtraFlag(("--model-ema-force-cpu",), "the EMA lives beside the parameters on the "
-                                     "devices and is always evaluated", False, _STORE_TRUE),
-    "local_rank": ExtraFlag(("--local_rank", "--local-rank"), "multi-host runs use jax.distributed "
-                            "(--coordinator-address, --num-processes, --process-id)", 0, _INT),
-    "device": ExtraFlag(("--device",), "JAX uses every device of its default backend (JAX_PLATFORMS to choose)",
-                        "cuda"),
-    "device_modules": ExtraFlag(("--device-modules",), "JAX backends are plugins found at import", None,
-                                {"nargs": "+"}),
-    "no_ddp_bb": ExtraFlag(("--no-ddp-bb",), "no DDP: parameters and BN statistics are replicated arrays",
-                           False, _STORE_TRUE),
-    "synchronize_step": ExtraFlag(("--synchronize-step",), "each step's finite check already synchronises",
-                                  False, _STORE_TRUE),
-    "use_multi_epochs_loader": ExtraFlag(("--use-multi-epochs-loader",), "the grain loader is one stream over "
-                                         "all epochs", False, _STORE_TRUE),
-    "worker_seeding": ExtraFlag(("--worker-seeding",), "augmentation randomness is seeded per example from "
-                                "(seed, epoch, position), independent of workers", "all"),
-    "grad_accum_steps": ExtraFlag(("--grad-accum-steps",), "1 is the only value (no gradient accumulation)",
-                                  1, _INT),
-    "recovery_interval": ExtraFlag(("--recovery-interval",), "SIGTERM saves a checkpoint at the next step; "
-                                   "epoch ends save one", 0, _INT),
-    "dataset_download": ExtraFlag(("--dataset-download",), "mv2jax never downloads datasets (prepare TFDS data "
-                                  "first)", False, _STORE_TRUE),
+    "model_ema_force_cpu": ExtraFlag(
+        ("--model-ema-force-cpu",),
+        "the EMA lives beside the parameters on the devices and is always evaluated",
+        False,
+        _STORE_TRUE,
+    ),
+    "local_rank": ExtraFlag(
+        ("--local_rank", "--local-rank"),
+        "multi-host runs use jax.distributed (--coordinator-address, --num-processes, --process-id)",
+        0,
+        _INT,
+    ),
+    "device": ExtraFlag(
+        ("--device",), "JAX uses every device of its default backend (JAX_PLATFORMS to choose)", "cuda"
+    ),
+    "device_modules": ExtraFlag(
+        ("--device-modules",), "JAX backends are plugins found at import", None, {"nargs": "+"}
+    ),
+    "no_ddp_bb": ExtraFlag(
+        ("--no-ddp-bb",), "no DDP: parameters and BN statistics are replicated arrays", False, _STORE_TRUE
+    ),
+    "synchronize_step": ExtraFlag(
+        ("--synchronize-step",), "each step's finite check already synchronises", False, _STORE_TRUE
+    ),
+    "use_multi_epochs_loader": ExtraFlag(
+        ("--use-multi-epochs-loader",), "the grain loader is one stream over all epochs", False, _STORE_TRUE
+    ),
+    "worker_seeding": ExtraFlag(
+        ("--worker-seeding",),
+        "augmentation randomness is seeded per example from (seed, epoch, position), independent of workers",
+        "all",
+    ),
+    "grad_accum_steps": ExtraFlag(("--grad-accum-steps",), "1 is the only value (no gradient accumulation)", 1, _INT),
+    "recovery_interval": ExtraFlag(
+        ("--recovery-interval",), "SIGTERM saves a checkpoint at the next step; epoch ends save one", 0, _INT
+    ),
+    "dataset_download": ExtraFlag(
+        ("--dataset-download",), "mv2jax never downloads datasets (prepare TFDS data first)", False, _STORE_TRUE
+    ),
 }
 
 UNSUPPORTED: Mapping[str, ExtraFlag] = {
@@ -312,12 +398,35 @@ UNSUPPORTED: Mapping[str, ExtraFlag] = {
 # ~10x an ImageNet head's); no flips (a flipped digit is another digit); crops of 50-100% (an 8% crop of an 8x8
 # digit leaves nothing to see).
 QUICK_RUN: Mapping[str, Any] = {
-    "model": "mobilenetv2_035", "dataset": "digits", "img_size": 32, "batch_size": 64, "epochs": 15,
-    "sched": "step", "sched_on_updates": True, "decay_epochs": 1.0, "decay_rate": 0.9, "warmup_epochs": 2,
-    "warmup_lr": 1e-6, "opt": "rmsproptf", "opt_eps": 0.001, "lr": 0.002, "weight_decay": 1e-5, "drop": 0.1,
-    "drop_path": 0.05, "head_init_scale": 0.1, "model_ema": True, "model_ema_decay": 0.998,
-    "model_ema_warmup": True, "aa": "rand-m9-mstd0.5", "remode": "pixel", "reprob": 0.2, "hflip": 0.0,
-    "scale": (0.5, 1.0), "workers": 1, "log_interval": 11, "checkpoint_hist": 2,
+    "model": "mobilenetv2_035",
+    "dataset": "digits",
+    "img_size": 32,
+    "batch_size": 64,
+    "epochs": 15,
+    "sched": "step",
+    "sched_on_updates": True,
+    "decay_epochs": 1.0,
+    "decay_rate": 0.9,
+    "warmup_epochs": 2,
+    "warmup_lr": 1e-6,
+    "opt": "rmsproptf",
+    "opt_eps": 0.001,
+    "lr": 0.002,
+    "weight_decay": 1e-5,
+    "drop": 0.1,
+    "drop_path": 0.05,
+    "head_init_scale": 0.1,
+    "model_ema": True,
+    "model_ema_decay": 0.998,
+    "model_ema_warmup": True,
+    "aa": "rand-m9-mstd0.5",
+    "remode": "pixel",
+    "reprob": 0.2,
+    "hflip": 0.0,
+    "scale": (0.5, 1.0),
+    "workers": 1,
+    "log_interval": 11,
+    "checkpoint_hist": 2,
 }
 
 
@@ -329,24 +438,31 @@ _UNSET = object()  # argparse default of JAX_MAPPED flags: tells "given" from "l
 def build_parser() -> argparse.ArgumentParser:
     """The train.py parser: `TrainConfig` fields, then the JAX_MAPPED and UNSUPPORTED timm flags."""
     parser = argparse.ArgumentParser(
-        prog="train.py", description="Train a timm MobileNetV2 in JAX with timm's train.py flags "
-        "(no arguments: a quick demo run on the embedded digits dataset).")
-    parser.add_argument("-c", "--config", default="", metavar="FILE",
-                        help="YAML file of defaults (keys = dest names); command-line flags win")
+        prog="train.py",
+        description="Train a timm MobileNetV2 in JAX with timm's train.py flags "
+        "(no arguments: a quick demo run on the embedded digits dataset).",
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        default="",
+        metavar="FILE",
+        help="YAML file of defaults (keys = dest names); command-line flags win",
+    )
     parser.add_argument("data", nargs="?", metavar="DIR", help="path to dataset (deprecated: use --data-dir)")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(TrainConfig):
         meta = f.metadata
         group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
-        group.add_argument(*meta["names"], dest=f.name, default=f.default, help=meta["help"] or None,
-                           **meta["argparse"])
+        group.add_argument(
+            *meta["names"], dest=f.name, default=f.default, help=meta["help"] or None, **meta["argparse"]
+        )
     mapped = parser.add_argument_group("timm flags with no JAX meaning (accepted; each prints its mapping)")
     for dest, extra in JAX_MAPPED.items():
         mapped.add_argument(*extra.names, dest=dest, default=_UNSET, help=extra.note, **extra.kwargs)
     unsupported = parser.add_argument_group("timm flags mv2jax does not implement (an error unless at default)")
     for dest, extra in UNSUPPORTED.items():
-        unsupported.add_argument(*extra.names, dest=dest, default=extra.default, help=argparse.SUPPRESS,
-                                 **extra.kwargs)
+        unsupported.add_argument(*extra.names, dest=dest, default=extra.default, help=argparse.SUPPRESS, **extra.kwargs)
     return parser
 
 
@@ -421,8 +537,13 @@ def _to_config(ns: dict[str, Any]) -> TrainConfig:
 
 def check_config(config: TrainConfig) -> None:
     """Value checks argparse cannot express (ConfigError, one line)."""
-    for name, minimum in (("batch_size", 1), ("epochs", 1), ("checkpoint_hist", 1), ("log_interval", 1),
-                          ("workers", 0)):
+    for name, minimum in (
+        ("batch_size", 1),
+        ("epochs", 1),
+        ("checkpoint_hist", 1),
+        ("log_interval", 1),
+        ("workers", 0),
+    ):
         if getattr(config, name) < minimum:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(config, name)}")
     if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
@@ -433,8 +554,9 @@ def check_config(config: TrainConfig) -> None:
 
 def _as_flags(values: Mapping[str, Any]) -> list[str]:
     """{'batch_size': 64, 'model_ema': True} -> ['--batch-size', '64', '--model-ema']."""
-    names = {f.name: next(n for n in f.metadata["names"] if n.startswith("--"))
-             for f in dataclasses.fields(TrainConfig)}
+    names = {
+        f.name: next(n for n in f.metadata["names"] if n.startswith("--")) for f in dataclasses.fields(TrainConfig)
+    }
     flags: list[str] = []
     for k, v in values.items():
         if v is True:

@@ -21,8 +21,13 @@ def ema_init(tree: Any) -> Any:
 
 
 def ema_decay(
-        step: Any, decay: float, warmup: bool = False, warmup_power: float = 2 / 3, warmup_gamma: float = 1.0,
-        min_decay: float = 0.0, update_after_step: int = 0,
+    step: Any,
+    decay: float,
+    warmup: bool = False,
+    warmup_power: float = 2 / 3,
+    warmup_gamma: float = 1.0,
+    min_decay: float = 0.0,
+    update_after_step: int = 0,
 ) -> Any:
     """timm `ModelEmaV3.get_decay(step)`; `step` = updates done including this one (1-based), None = `decay`.
 
@@ -80,4 +85,6 @@ def params_only_mask(state: Any) -> Any:
     """For an NNX state: True on `nnx.Param` leaves, False on others (BatchNorm stats) — `exclude_buffers`."""
     return jax.tree.map(
         lambda v: jax.tree.map(lambda _: isinstance(v, nnx.Param), v),
-        state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+        state,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )

@@ -38,8 +38,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def summary_row(epoch: int, train_metrics: Mapping[str, float], eval_metrics: Mapping[str, float] | None,
-                lr: float | None) -> dict[str, Any]:
+def summary_row(
+    epoch: int, train_metrics: Mapping[str, float], eval_metrics: Mapping[str, float] | None, lr: float | None
+) -> dict[str, Any]:
     """timm's `update_summary` row: epoch, train_<k>..., eval_<k>..., lr."""
     row: dict[str, Any] = {"epoch": epoch}
     row.update({f"train_{k}": v for k, v in train_metrics.items()})
@@ -134,8 +135,11 @@ class Progress:
         self.epoch, self.total, self.images_per_step, self.interval = epoch, total, images_per_step, interval
         self.enabled = enabled
         use_bar = enabled and sys.stderr.isatty()
-        self.bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch}", unit="step", dynamic_ncols=True,
-                        leave=False) if use_bar else None
+        self.bar = (
+            tqdm(total=total, initial=initial, desc=f"epoch {epoch}", unit="step", dynamic_ncols=True, leave=False)
+            if use_bar
+            else None
+        )
         self._t0, self._n0 = time.perf_counter(), initial
 
     def update(self, done: int, loss: float, lr: float) -> float | None:
@@ -150,8 +154,10 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.3e}", img_s=f"{rate:.0f}")
         elif self.enabled:
-            print(f"Train: {self.epoch} [{done:>4d}/{self.total}]  loss {loss:#.4g}  lr {lr:.3e}  {rate:.0f} img/s",
-                  flush=True)
+            print(
+                f"Train: {self.epoch} [{done:>4d}/{self.total}]  loss {loss:#.4g}  lr {lr:.3e}  {rate:.0f} img/s",
+                flush=True,
+            )
         return rate
 
     def close(self) -> None:
@@ -202,8 +208,9 @@ class RunLogger:
             plot_curves(read_log(self.log_path), self.curves_path)
             self._last_plot = time.monotonic()
 
-    def epoch_end(self, record: Mapping[str, Any], eval_metrics: Mapping[str, float] | None,
-                  last: bool = False) -> None:
+    def epoch_end(
+        self, record: Mapping[str, Any], eval_metrics: Mapping[str, float] | None, last: bool = False
+    ) -> None:
         """Append the epoch's summary.csv row (timm's columns) and JSON record; redraw curves.png if `last` or
         `PLOT_INTERVAL_S` passed since the last drawing.
 

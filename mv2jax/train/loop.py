@@ -53,6 +53,7 @@ class TrainResult:
 
 # --- one epoch ----------------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class EpochState:
     """Host-side bookkeeping of the current epoch."""
@@ -80,13 +81,23 @@ def _account(run: Run, logger: RunLogger, progress, ep: EpochState, step: int, m
     ep.done += 1
     rate = progress.update(ep.done, loss, ep.lr)
     if rate is not None:
-        logger.log({"kind": "step", "epoch": ep.epoch, "step": step + 1, "loss": loss, "lr": ep.lr,
-                    "grad_norm": float(host["grad_norm"]), "param_norm": float(host["param_norm"]),
-                    "img_per_s": rate})
+        logger.log(
+            {
+                "kind": "step",
+                "epoch": ep.epoch,
+                "step": step + 1,
+                "loss": loss,
+                "lr": ep.lr,
+                "grad_norm": float(host["grad_norm"]),
+                "param_norm": float(host["param_norm"]),
+                "img_per_s": rate,
+            }
+        )
 
 
-def train_epoch(run: Run, state: TrainState, it: LoaderIterator, ep: EpochState, guard: PreemptionGuard,
-                logger: RunLogger) -> TrainState:
+def train_epoch(
+    run: Run, state: TrainState, it: LoaderIterator, ep: EpochState, guard: PreemptionGuard, logger: RunLogger
+) -> TrainState:
     """Train from update `ep.done` of epoch `ep.epoch` to its end, or until a stop is requested."""
     config, spe = run.config, run.steps_per_epoch
     seek_loader(run, it, ep.epoch * spe + ep.done)
@@ -112,6 +123,7 @@ def train_epoch(run: Run, state: TrainState, it: LoaderIterator, ep: EpochState,
 
 # --- evaluation and epoch end -------------------------------------------------------------------------------------
 
+
 def evaluate(run: Run, weights: list[tuple[Any, Any]]) -> list[dict[str, float]]:
     """timm's validate for each (params, batch_stats) in one pass over the eval split: {loss, top1, top5}
     (plain cross entropy; top-k in percent), every example counted exactly once."""
@@ -128,20 +140,38 @@ def evaluate(run: Run, weights: list[tuple[Any, Any]]) -> list[dict[str, float]]
     results = []
     for t in jax.device_get(totals):
         n = float(t["count"])
-        results.append({"loss": float(t["loss_sum"]) / n, "top1": 100.0 * float(t["top1"]) / n,
-                        "top5": 100.0 * float(t["top5"]) / n})
+        results.append(
+            {
+                "loss": float(t["loss_sum"]) / n,
+                "top1": 100.0 * float(t["top1"]) / n,
+                "top5": 100.0 * float(t["top5"]) / n,
+            }
+        )
     return results
 
 
 def _meta(run: Run, ep: EpochState, epoch_done: bool, evals: Mapping[str, Any] | None = None) -> dict:
     """The checkpoint's JSON meta: the model (for read_checkpoint / convert_weights.py), config and progress."""
-    return dict(run.model_meta, config=run.config.to_dict(), epoch=ep.epoch + 1 if epoch_done else ep.epoch,
-                epoch_step=0 if epoch_done else ep.done, epoch_loss_sum=0.0 if epoch_done else ep.loss_sum,
-                steps_per_epoch=run.steps_per_epoch, metrics=dict(evals or {}))
+    return dict(
+        run.model_meta,
+        config=run.config.to_dict(),
+        epoch=ep.epoch + 1 if epoch_done else ep.epoch,
+        epoch_step=0 if epoch_done else ep.done,
+        epoch_loss_sum=0.0 if epoch_done else ep.loss_sum,
+        steps_per_epoch=run.steps_per_epoch,
+        metrics=dict(evals or {}),
+    )
 
 
-def finish_epoch(run: Run, state: TrainState, ep: EpochState, it: LoaderIterator, ckpt: TrainCheckpointer,
-                 logger: RunLogger, seconds: float) -> tuple[TrainState, dict]:
+def finish_epoch(
+    run: Run,
+    state: TrainState,
+    ep: EpochState,
+    it: LoaderIterator,
+    ckpt: TrainCheckpointer,
+    logger: RunLogger,
+    seconds: float,
+) -> tuple[TrainState, dict]:
     """timm's epoch end: eval raw + EMA, checkpoint (ranked by the EMA's metric when EMA is on), logs. (timm's
     dist_bn comes first there; here the train step already kept the running statistics it would give.)"""
     weights = [(state.params, state.batch_stats)]
@@ -150,36 +180,69 @@ def finish_epoch(run: Run, state: TrainState, ep: EpochState, it: LoaderIterator
     evals = evaluate(run, weights)
     raw, ema = evals[0], (evals[1] if len(evals) > 1 else None)
     ranked = ema or raw
-    ckpt.save(state, meta=_meta(run, ep, True, {"eval": raw, "eval_ema": ema}), data_state=it.get_state(),
-              metrics=ranked)
-    record = {"epoch": ep.epoch, "step": (ep.epoch + 1) * run.steps_per_epoch, "train_loss": ep.loss_sum / ep.done,
-              "lr": run.summary_lr(ep.epoch), "eval": raw, "eval_ema": ema, "epoch_time": seconds,
-              "img_per_s": ep.done * run.global_batch / seconds}
+    ckpt.save(
+        state, meta=_meta(run, ep, True, {"eval": raw, "eval_ema": ema}), data_state=it.get_state(), metrics=ranked
+    )
+    record = {
+        "epoch": ep.epoch,
+        "step": (ep.epoch + 1) * run.steps_per_epoch,
+        "train_loss": ep.loss_sum / ep.done,
+        "lr": run.summary_lr(ep.epoch),
+        "eval": raw,
+        "eval_ema": ema,
+        "epoch_time": seconds,
+        "img_per_s": ep.done * run.global_batch / seconds,
+    }
     logger.epoch_end(record, ranked, last=ep.epoch + 1 == run.num_epochs)
     ema_text = f" | EMA top1 {ema['top1']:.2f} top5 {ema['top5']:.2f} loss {ema['loss']:.4f}" if ema else ""
-    run.say(f"Epoch {ep.epoch}: train_loss {record['train_loss']:.4f} | eval top1 {raw['top1']:.2f} top5 "
-            f"{raw['top5']:.2f} loss {raw['loss']:.4f}{ema_text} | lr {record['lr']:.3e} | {seconds:.1f} s")
+    run.say(
+        f"Epoch {ep.epoch}: train_loss {record['train_loss']:.4f} | eval top1 {raw['top1']:.2f} top5 "
+        f"{raw['top5']:.2f} loss {raw['loss']:.4f}{ema_text} | lr {record['lr']:.3e} | {seconds:.1f} s"
+    )
     return state, record
 
 
 # --- the whole run ------------------------------------------------------------------------------------------------
 
+
 def _open_checkpointer(run: Run) -> TrainCheckpointer:
     metric = run.config.eval_metric
-    return TrainCheckpointer(run.run_dir / CHECKPOINTS_DIR, keep_last=run.config.checkpoint_hist,
-                             best_metric=metric, higher_is_better=metric != "loss")
+    return TrainCheckpointer(
+        run.run_dir / CHECKPOINTS_DIR,
+        keep_last=run.config.checkpoint_hist,
+        best_metric=metric,
+        higher_is_better=metric != "loss",
+    )
 
 
 def _complete_result(run: Run, start: Start, ckpt: TrainCheckpointer, t0: float) -> TrainResult:
     evals = (start.meta or {}).get("metrics", {})
-    run.say(f"Training already complete: {start.epoch} epochs in {run.run_dir} (pass --experiment NAME or "
-            "--output DIR for a new run, or raise --epochs to train on)")
-    return TrainResult(run.run_dir, start.epoch, start.step, evals.get("eval"), evals.get("eval_ema"),
-                       ckpt.best_step(), already_complete=True, wall_time=time.perf_counter() - t0)
+    run.say(
+        f"Training already complete: {start.epoch} epochs in {run.run_dir} (pass --experiment NAME or "
+        "--output DIR for a new run, or raise --epochs to train on)"
+    )
+    return TrainResult(
+        run.run_dir,
+        start.epoch,
+        start.step,
+        evals.get("eval"),
+        evals.get("eval_ema"),
+        ckpt.best_step(),
+        already_complete=True,
+        wall_time=time.perf_counter() - t0,
+    )
 
 
-def _run_epochs(run: Run, state: TrainState, start: Start, it: LoaderIterator, ckpt: TrainCheckpointer,
-                logger: RunLogger, guard: PreemptionGuard, t0: float) -> TrainResult:
+def _run_epochs(
+    run: Run,
+    state: TrainState,
+    start: Start,
+    it: LoaderIterator,
+    ckpt: TrainCheckpointer,
+    logger: RunLogger,
+    guard: PreemptionGuard,
+    t0: float,
+) -> TrainResult:
     record: dict = {}
     ep = EpochState(start.epoch, start.epoch_step, start.loss_sum)
     for epoch in range(start.epoch, run.num_epochs):
@@ -190,16 +253,37 @@ def _run_epochs(run: Run, state: TrainState, start: Start, it: LoaderIterator, c
             ckpt.save(state, meta=_meta(run, ep, False), data_state=it.get_state())
             logger.plot()
             step = epoch * run.steps_per_epoch + ep.done
-            return TrainResult(run.run_dir, epoch, step, record.get("eval"), record.get("eval_ema"),
-                               preempted=True, wall_time=time.perf_counter() - t0)
+            return TrainResult(
+                run.run_dir,
+                epoch,
+                step,
+                record.get("eval"),
+                record.get("eval_ema"),
+                preempted=True,
+                wall_time=time.perf_counter() - t0,
+            )
         state, record = finish_epoch(run, state, ep, it, ckpt, logger, time.perf_counter() - t_epoch)
         if epoch + 1 < run.num_epochs and guard.requested((epoch + 1) * run.steps_per_epoch):
             logger.plot()
-            return TrainResult(run.run_dir, epoch + 1, (epoch + 1) * run.steps_per_epoch, record["eval"],
-                               record["eval_ema"], preempted=True, wall_time=time.perf_counter() - t0)
+            return TrainResult(
+                run.run_dir,
+                epoch + 1,
+                (epoch + 1) * run.steps_per_epoch,
+                record["eval"],
+                record["eval_ema"],
+                preempted=True,
+                wall_time=time.perf_counter() - t0,
+            )
     ckpt.wait()
-    return TrainResult(run.run_dir, run.num_epochs, run.num_epochs * run.steps_per_epoch, record.get("eval"),
-                       record.get("eval_ema"), ckpt.best_step(), wall_time=time.perf_counter() - t0)
+    return TrainResult(
+        run.run_dir,
+        run.num_epochs,
+        run.num_epochs * run.steps_per_epoch,
+        record.get("eval"),
+        record.get("eval_ema"),
+        ckpt.best_step(),
+        wall_time=time.perf_counter() - t0,
+    )
 
 
 def train(config: TrainConfig) -> TrainResult:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-REDUCTIONS = ('mean', 'sum', 'none')
+REDUCTIONS = ("mean", "sum", "none")
 
 
 def loss_dtype(logits: jax.Array) -> jnp.dtype:
@@ -23,14 +23,14 @@ def loss_dtype(logits: jax.Array) -> jnp.dtype:
 
 def _reduce(per_example: jax.Array, weights: jax.Array | None, reduction: str) -> jax.Array:
     if reduction not in REDUCTIONS:
-        raise ValueError(f'reduction must be one of {REDUCTIONS}, got {reduction!r}')
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if weights is not None:
         weights = jnp.asarray(weights, per_example.dtype)
         per_example = per_example * weights
-    if reduction == 'none':
+    if reduction == "none":
         return per_example
     total = per_example.sum()
-    if reduction == 'sum':
+    if reduction == "sum":
         return total
     if weights is None:
         return total / per_example.shape[0]
@@ -39,8 +39,11 @@ def _reduce(per_example: jax.Array, weights: jax.Array | None, reduction: str) -
 
 
 def label_smoothing_cross_entropy(
-        logits: jax.Array, labels: jax.Array, smoothing: float = 0.1, weights: jax.Array | None = None,
-        reduction: str = 'mean',
+    logits: jax.Array,
+    labels: jax.Array,
+    smoothing: float = 0.1,
+    weights: jax.Array | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """timm LabelSmoothingCrossEntropy: (1 - smoothing) * nll + smoothing * mean_c(-log p); result in
     `loss_dtype(logits)`.
@@ -48,7 +51,7 @@ def label_smoothing_cross_entropy(
     `smoothing=0` is plain cross entropy (timm's validation loss).
     """
     if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f'smoothing must be in [0, 1), got {smoothing}')
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
     logprobs = jax.nn.log_softmax(logits.astype(loss_dtype(logits)), axis=-1)
     nll = -jnp.take_along_axis(logprobs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
     smooth = -logprobs.mean(axis=-1)
@@ -56,7 +59,10 @@ def label_smoothing_cross_entropy(
 
 
 def soft_target_cross_entropy(
-        logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None, reduction: str = 'mean',
+    logits: jax.Array,
+    targets: jax.Array,
+    weights: jax.Array | None = None,
+    reduction: str = "mean",
 ) -> jax.Array:
     """timm SoftTargetCrossEntropy: sum_c(-target * log p) per example (mixup/cutmix targets); result in
     `loss_dtype(logits)`."""

@@ -26,8 +26,12 @@ DIST_BN_MODES = ("reduce", "broadcast", "")
 
 
 def initialize_distributed(
-    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None, *,
-    cpu_collectives: str = "gloo", local_device_ids: Sequence[int] | None = None,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    cpu_collectives: str = "gloo",
+    local_device_ids: Sequence[int] | None = None,
 ) -> None:
     """Join a multi-process JAX run (`jax.distributed.initialize`); call before any other JAX use.
 
@@ -37,8 +41,12 @@ def initialize_distributed(
     setting), which must be chosen before initialising."""
     if cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id, local_device_ids=local_device_ids)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        local_device_ids=local_device_ids,
+    )
 
 
 def create_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

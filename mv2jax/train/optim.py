@@ -18,14 +18,20 @@ import optax
 
 ScalarOrSchedule = float | Callable[[Any], Any]
 MaskOrFn = Any | Callable[[Any], Any] | None
-CLIP_MODES = ('norm', 'value')
+CLIP_MODES = ("norm", "value")
 # torch.nn.utils.clip_grad_norm_ divides by (total_norm + 1e-6)
 _TORCH_CLIP_NORM_EPS = 1e-6
 
 
 def rmsprop_tf(
-        learning_rate: ScalarOrSchedule, decay: float = 0.9, eps: float = 1e-3, momentum: float = 0.9,
-        weight_decay: float = 0., mask: MaskOrFn = None, centered: bool = False, lr_in_momentum: bool = True,
+    learning_rate: ScalarOrSchedule,
+    decay: float = 0.9,
+    eps: float = 1e-3,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    mask: MaskOrFn = None,
+    centered: bool = False,
+    lr_in_momentum: bool = True,
 ) -> optax.GradientTransformation:
     """timm's RMSpropTF (`alpha`=decay) as an optax chain.
 
@@ -55,12 +61,15 @@ def rmsprop_tf(
 
 
 def sgd(
-        learning_rate: ScalarOrSchedule, momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 0.,
-        mask: MaskOrFn = None,
+    learning_rate: ScalarOrSchedule,
+    momentum: float = 0.9,
+    nesterov: bool = True,
+    weight_decay: float = 0.0,
+    mask: MaskOrFn = None,
 ) -> optax.GradientTransformation:
     """torch.optim.SGD (timm 'sgd': nesterov, 'momentum': classical) with coupled, masked weight decay."""
     if nesterov and momentum <= 0:
-        raise ValueError('Nesterov momentum requires momentum > 0 (as torch.optim.SGD)')
+        raise ValueError("Nesterov momentum requires momentum > 0 (as torch.optim.SGD)")
     parts = []
     if weight_decay:
         parts.append(optax.add_decayed_weights(weight_decay, mask))
@@ -71,8 +80,11 @@ def sgd(
 
 
 def adamw(
-        learning_rate: ScalarOrSchedule, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-        weight_decay: float = 0., mask: MaskOrFn = None,
+    learning_rate: ScalarOrSchedule,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    mask: MaskOrFn = None,
 ) -> optax.GradientTransformation:
     """torch.optim.AdamW: decoupled weight decay p -= lr * weight_decay * p where `mask` is True."""
     b1, b2 = betas
@@ -84,7 +96,7 @@ def _path_name(path: tuple) -> str:
     keys = []
     for i, k in enumerate(path):
         if isinstance(k, jax.tree_util.GetAttrKey):
-            if k.name == 'value' and i == len(path) - 1:
+            if k.name == "value" and i == len(path) - 1:
                 continue
             keys.append(k.name)
         elif isinstance(k, jax.tree_util.DictKey):
@@ -93,7 +105,7 @@ def _path_name(path: tuple) -> str:
             keys.append(str(k.idx))
         else:
             keys.append(str(k))
-    return '.'.join(keys)
+    return ".".join(keys)
 
 
 def weight_decay_mask(params: Any, no_weight_decay: Collection[str] = (), exclude_1d: bool = True) -> Any:
@@ -102,9 +114,10 @@ def weight_decay_mask(params: Any, no_weight_decay: Collection[str] = (), exclud
     timm excludes (with `filter_bias_and_bn`/`exclude_1d`) params with ndim <= 1 or a name ending in '.bias', and
     any name matching a `no_weight_decay` fnmatch pattern. Names are dotted pytree paths.
     """
+
     def decays(path, leaf) -> bool:
         name = _path_name(path)
-        is_excluded_1d = exclude_1d and (jnp.ndim(leaf) <= 1 or name.endswith('.bias'))
+        is_excluded_1d = exclude_1d and (jnp.ndim(leaf) <= 1 or name.endswith(".bias"))
         return not (is_excluded_1d or any(fnmatch.fnmatch(name, p) for p in no_weight_decay))
 
     return jax.tree_util.tree_map_with_path(decays, params)
@@ -112,6 +125,7 @@ def weight_decay_mask(params: Any, no_weight_decay: Collection[str] = (), exclud
 
 def clip_grad_norm(max_norm: float) -> optax.GradientTransformation:
     """torch.nn.utils.clip_grad_norm_: scale all grads by min(1, max_norm / (global_norm + 1e-6))."""
+
     def clip(updates, params=None):
         del params
         coef = jnp.minimum(max_norm / (optax.tree.norm(updates) + _TORCH_CLIP_NORM_EPS), 1.0)
@@ -120,20 +134,20 @@ def clip_grad_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.stateless(clip)
 
 
-def clip_transform(clip_grad: float, clip_mode: str = 'norm') -> optax.GradientTransformation:
+def clip_transform(clip_grad: float, clip_mode: str = "norm") -> optax.GradientTransformation:
     """timm's `dispatch_clip_grad(value=clip_grad, mode=clip_mode)` over all gradients, before the optimizer."""
-    if clip_mode == 'norm':
+    if clip_mode == "norm":
         return clip_grad_norm(clip_grad)
-    if clip_mode == 'value':
+    if clip_mode == "value":
         return optax.clip(clip_grad)
-    raise ValueError(f'clip_mode must be one of {CLIP_MODES} (agc is not implemented), got {clip_mode!r}')
+    raise ValueError(f"clip_mode must be one of {CLIP_MODES} (agc is not implemented), got {clip_mode!r}")
 
 
-PACKED_GROUPS = ('decay', 'no_decay')
+PACKED_GROUPS = ("decay", "no_decay")
 
 
 def _group(decay: Any) -> str:
-    return 'decay' if decay else 'no_decay'
+    return "decay" if decay else "no_decay"
 
 
 def _pack(tree: Any, decays: Any) -> dict[str, jax.Array]:
@@ -175,6 +189,7 @@ def packed(inner: optax.GradientTransformation, decays: Callable[[Any], Any]) ->
     The maths per element is unchanged. The optimizer state is a few vectors instead of a few arrays per
     parameter, so a jitted train step has a handful of optimizer kernels rather than several per parameter shape.
     """
+
     def init_fn(params):
         mask = decays(params)
         starts = _offsets(params, mask)
@@ -184,8 +199,10 @@ def packed(inner: optax.GradientTransformation, decays: Callable[[Any], Any]) ->
         mask = decays(updates)
         leaves, treedef = jax.tree.flatten(updates)
         if len(state.offsets) != len(leaves):
-            raise ValueError(f'packed optimizer state is for {len(state.offsets)} parameter arrays, the updates '
-                             f'have {len(leaves)}: initialise the optimizer with these parameters')
+            raise ValueError(
+                f"packed optimizer state is for {len(state.offsets)} parameter arrays, the updates "
+                f"have {len(leaves)}: initialise the optimizer with these parameters"
+            )
         flat_params = None if params is None else _pack(params, mask)
         flat, inner_state = inner.update(_pack(updates, mask), state.inner, flat_params)
         out = []
@@ -199,7 +216,7 @@ def packed(inner: optax.GradientTransformation, decays: Callable[[Any], Any]) ->
 
 def packed_decay_mask(flat: Mapping[str, Any]) -> dict[str, bool]:
     """The weight-decay mask of a `packed` optimizer's flat vectors: decay on `'decay'` only."""
-    return {g: g == 'decay' for g in flat}
+    return {g: g == "decay" for g in flat}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,19 +237,30 @@ def _rmsproptf(learning_rate, *, eps=1e-10, alpha=0.9, **kw) -> optax.GradientTr
 
 
 OPTIMIZERS: Mapping[str, OptInfo] = {
-    'rmsproptf': OptInfo(_rmsproptf, has_momentum=True, extra_kwargs=('alpha', 'centered', 'lr_in_momentum')),
-    'sgd': OptInfo(sgd, has_momentum=True, has_eps=False, defaults={'nesterov': True}, extra_kwargs=('nesterov',)),
-    'momentum': OptInfo(
-        sgd, has_momentum=True, has_eps=False, defaults={'nesterov': False}, extra_kwargs=('nesterov',)),
-    'adamw': OptInfo(adamw, has_betas=True),
+    "rmsproptf": OptInfo(_rmsproptf, has_momentum=True, extra_kwargs=("alpha", "centered", "lr_in_momentum")),
+    "sgd": OptInfo(sgd, has_momentum=True, has_eps=False, defaults={"nesterov": True}, extra_kwargs=("nesterov",)),
+    "momentum": OptInfo(
+        sgd, has_momentum=True, has_eps=False, defaults={"nesterov": False}, extra_kwargs=("nesterov",)
+    ),
+    "adamw": OptInfo(adamw, has_betas=True),
 }
 
 
 def create_optimizer(
-        opt: str, learning_rate: ScalarOrSchedule, *, params: Any = None, weight_decay: float = 0.,
-        momentum: float | None = None, eps: float | None = None, betas: tuple[float, float] | None = None,
-        filter_bias_and_bn: bool = True, no_weight_decay: Collection[str] = (), clip_grad: float | None = None,
-        clip_mode: str = 'norm', pack: bool = True, **kwargs: Any,
+    opt: str,
+    learning_rate: ScalarOrSchedule,
+    *,
+    params: Any = None,
+    weight_decay: float = 0.0,
+    momentum: float | None = None,
+    eps: float | None = None,
+    betas: tuple[float, float] | None = None,
+    filter_bias_and_bn: bool = True,
+    no_weight_decay: Collection[str] = (),
+    clip_grad: float | None = None,
+    clip_mode: str = "norm",
+    pack: bool = True,
+    **kwargs: Any,
 ) -> optax.GradientTransformation:
     """timm's `create_optimizer_v2(model, opt, lr, weight_decay, momentum, ...)` (+ train.py's clipping) in optax.
 
@@ -246,19 +274,22 @@ def create_optimizer(
     """
     info = OPTIMIZERS.get(opt.lower())
     if info is None:
-        raise ValueError(f'Unsupported optimizer {opt!r}; supported: {sorted(OPTIMIZERS)}')
+        raise ValueError(f"Unsupported optimizer {opt!r}; supported: {sorted(OPTIMIZERS)}")
     args = dict(info.defaults)
-    for name, value, allowed in (('momentum', momentum, info.has_momentum), ('eps', eps, info.has_eps),
-                                 ('betas', betas, info.has_betas)):
+    for name, value, allowed in (
+        ("momentum", momentum, info.has_momentum),
+        ("eps", eps, info.has_eps),
+        ("betas", betas, info.has_betas),
+    ):
         if value is not None and not allowed:
-            raise ValueError(f'Optimizer {opt!r} does not take {name}')
+            raise ValueError(f"Optimizer {opt!r} does not take {name}")
         if value is not None:
-            args[name] = tuple(value) if name == 'betas' else value
+            args[name] = tuple(value) if name == "betas" else value
     if info.has_momentum:
-        args.setdefault('momentum', 0.9)
+        args.setdefault("momentum", 0.9)
     unknown = set(kwargs) - set(info.extra_kwargs)
     if unknown:
-        raise TypeError(f'Optimizer {opt!r} got unsupported arguments {sorted(unknown)}')
+        raise TypeError(f"Optimizer {opt!r} got unsupported arguments {sorted(unknown)}")
     args.update(kwargs)
     masked = weight_decay and (filter_bias_and_bn or no_weight_decay)
     mask_fn = lambda p: weight_decay_mask(p, no_weight_decay, exclude_1d=filter_bias_and_bn)

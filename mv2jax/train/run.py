@@ -40,8 +40,18 @@ from mv2jax.train.state import TrainState, create_train_state
 from mv2jax.train.step import StepConfig, make_eval_step, make_train_step
 
 # Auto-resume refuses a checkpoint whose run differs in these (a different run landed in the same directory).
-RESUME_IDENTITY = ("model", "dataset", "data_dir", "train_split", "batch_size", "seed", "img_size", "input_size",
-                   "num_classes", "model_ema")
+RESUME_IDENTITY = (
+    "model",
+    "dataset",
+    "data_dir",
+    "train_split",
+    "batch_size",
+    "seed",
+    "img_size",
+    "input_size",
+    "num_classes",
+    "model_ema",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +104,8 @@ class Start:
     meta: Mapping[str, Any] | None = None
 
 
-
 # --- building the run ---------------------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def _user_errors(what: str) -> Iterator[None]:
@@ -121,10 +131,18 @@ def _datasets(config: TrainConfig) -> tuple[Any, Any]:
 def _create_model(config: TrainConfig, num_classes: int) -> nnx.Module:
     in_chans = config.in_chans or (config.input_size[0] if config.input_size else 3)
     model = mv2jax.create_model(
-        config.model, pretrained=config.pretrained, checkpoint_path=config.initial_checkpoint or None,
-        num_classes=num_classes, in_chans=in_chans, drop_rate=config.drop, drop_path_rate=config.drop_path_rate,
-        global_pool=config.gp or "avg", dtype=jnp.bfloat16 if config.amp else None, conv_impl=config.conv_impl,
-        seed=config.seed)
+        config.model,
+        pretrained=config.pretrained,
+        checkpoint_path=config.initial_checkpoint or None,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        drop_rate=config.drop,
+        drop_path_rate=config.drop_path_rate,
+        global_pool=config.gp or "avg",
+        dtype=jnp.bfloat16 if config.amp else None,
+        conv_impl=config.conv_impl,
+        seed=config.seed,
+    )
     classifier = model.classifier
     if classifier is not None and config.head_init_scale is not None:  # timm train.py's --head-init-scale
         classifier.weight[...] = classifier.weight[...] * config.head_init_scale
@@ -136,21 +154,46 @@ def _create_model(config: TrainConfig, num_classes: int) -> nnx.Module:
 
 def _transforms(config: TrainConfig, model: nnx.Module) -> tuple[dict, Callable, Callable]:
     """(data config, train transform `(img, rng)`, eval transform), as timm's train.py builds them."""
-    args = {"input_size": config.input_size, "img_size": config.img_size, "in_chans": config.in_chans,
-            "interpolation": config.interpolation, "mean": config.mean, "std": config.std,
-            "crop_pct": config.crop_pct}
+    args = {
+        "input_size": config.input_size,
+        "img_size": config.img_size,
+        "in_chans": config.in_chans,
+        "interpolation": config.interpolation,
+        "mean": config.mean,
+        "std": config.std,
+        "crop_pct": config.crop_pct,
+    }
     data_config = resolve_data_config(model=model, args=args)
     train_tf = create_transform(
-        data_config["input_size"], is_training=True, no_aug=config.no_aug, train_crop_mode=config.train_crop_mode,
-        scale=config.scale, ratio=config.ratio, hflip=config.hflip, vflip=config.vflip,
-        color_jitter=config.color_jitter, color_jitter_prob=config.color_jitter_prob,
-        grayscale_prob=config.grayscale_prob or 0.0, gaussian_blur_prob=config.gaussian_blur_prob or 0.0,
-        auto_augment=config.aa, interpolation=config.train_interpolation, mean=data_config["mean"],
-        std=data_config["std"], re_prob=config.reprob, re_mode=config.remode, re_count=config.recount)
+        data_config["input_size"],
+        is_training=True,
+        no_aug=config.no_aug,
+        train_crop_mode=config.train_crop_mode,
+        scale=config.scale,
+        ratio=config.ratio,
+        hflip=config.hflip,
+        vflip=config.vflip,
+        color_jitter=config.color_jitter,
+        color_jitter_prob=config.color_jitter_prob,
+        grayscale_prob=config.grayscale_prob or 0.0,
+        gaussian_blur_prob=config.gaussian_blur_prob or 0.0,
+        auto_augment=config.aa,
+        interpolation=config.train_interpolation,
+        mean=data_config["mean"],
+        std=data_config["std"],
+        re_prob=config.reprob,
+        re_mode=config.remode,
+        re_count=config.recount,
+    )
     eval_tf = create_transform(
-        data_config["input_size"], is_training=False, interpolation=data_config["interpolation"],
-        mean=data_config["mean"], std=data_config["std"], crop_pct=data_config["crop_pct"],
-        crop_mode=data_config["crop_mode"])
+        data_config["input_size"],
+        is_training=False,
+        interpolation=data_config["interpolation"],
+        mean=data_config["mean"],
+        std=data_config["std"],
+        crop_pct=data_config["crop_pct"],
+        crop_mode=data_config["crop_mode"],
+    )
     return data_config, train_tf, eval_tf
 
 
@@ -162,17 +205,37 @@ def _optimizer(config: TrainConfig, steps_per_epoch: int, global_batch: int, say
     lr = config.lr
     if lr is None:
         lr = scale_lr(config.lr_base, config.lr_base_size, global_batch, config.lr_base_scale, config.opt)
-        say(f"Learning rate ({lr}) calculated from base learning rate ({config.lr_base}) and effective global "
-            f"batch size ({global_batch}).")
-    sched_args = dict(epochs=config.epochs, steps_per_epoch=steps_per_epoch, warmup_epochs=config.warmup_epochs,
-                      warmup_prefix=config.warmup_prefix, cooldown_epochs=config.cooldown_epochs,
-                      sched_on_updates=config.sched_on_updates)
-    schedule = create_schedule(config.sched, lr=lr, warmup_lr=config.warmup_lr, decay_epochs=config.decay_epochs,
-                               decay_rate=config.decay_rate, min_lr=config.min_lr, **sched_args)
+        say(
+            f"Learning rate ({lr}) calculated from base learning rate ({config.lr_base}) and effective global "
+            f"batch size ({global_batch})."
+        )
+    sched_args = dict(
+        epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,
+        warmup_epochs=config.warmup_epochs,
+        warmup_prefix=config.warmup_prefix,
+        cooldown_epochs=config.cooldown_epochs,
+        sched_on_updates=config.sched_on_updates,
+    )
+    schedule = create_schedule(
+        config.sched,
+        lr=lr,
+        warmup_lr=config.warmup_lr,
+        decay_epochs=config.decay_epochs,
+        decay_rate=config.decay_rate,
+        min_lr=config.min_lr,
+        **sched_args,
+    )
     tx = create_optimizer(
-        config.opt, schedule, weight_decay=config.weight_decay,
-        momentum=config.momentum if info.has_momentum else None, eps=config.opt_eps if info.has_eps else None,
-        betas=config.opt_betas, clip_grad=config.clip_grad, clip_mode=config.clip_mode)
+        config.opt,
+        schedule,
+        weight_decay=config.weight_decay,
+        momentum=config.momentum if info.has_momentum else None,
+        eps=config.opt_eps if info.has_eps else None,
+        betas=config.opt_betas,
+        clip_grad=config.clip_grad,
+        clip_mode=config.clip_mode,
+    )
     return tx, schedule, scheduled_epochs(config.sched, **sched_args)
 
 
@@ -180,9 +243,16 @@ def _make_mix_fn(config: TrainConfig, num_classes: int, mesh: Mesh) -> Callable 
     """Jitted timm Mixup/CutMix over the global batch, keyed by (seed, update), or None when off."""
     if not (config.mixup > 0 or config.cutmix > 0 or config.cutmix_minmax):
         return None
-    cfg = MixupConfig(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, cutmix_minmax=config.cutmix_minmax,
-                      prob=config.mixup_prob, switch_prob=config.mixup_switch_prob, mode=config.mixup_mode,
-                      label_smoothing=config.smoothing, num_classes=num_classes)
+    cfg = MixupConfig(
+        mixup_alpha=config.mixup,
+        cutmix_alpha=config.cutmix,
+        cutmix_minmax=config.cutmix_minmax,
+        prob=config.mixup_prob,
+        switch_prob=config.mixup_switch_prob,
+        mode=config.mixup_mode,
+        label_smoothing=config.smoothing,
+        num_classes=num_classes,
+    )
 
     def mix(images, labels, step, enabled):
         key = jax.random.fold_in(jax.random.key(config.seed), step)
@@ -200,10 +270,17 @@ def _step_config(config: TrainConfig, mesh: Mesh, say: Callable) -> StepConfig:
     with _user_errors("--dist-bn"):
         running_stats = dist_bn_running_stats(config.dist_bn, stat_groups)
     if config.dist_bn == "" and stat_groups > 1:
-        say("--dist-bn '' (no BatchNorm sync): mv2jax keeps rank 0's running statistics, as --dist-bn broadcast "
-            "(what timm saves; timm would evaluate each device with its own)")
-    return StepConfig(label_smoothing=config.smoothing, ema_decay=config.model_ema_decay,
-                      ema_warmup=config.model_ema_warmup, bn_stat_groups=stat_groups, bn_running_stats=running_stats)
+        say(
+            "--dist-bn '' (no BatchNorm sync): mv2jax keeps rank 0's running statistics, as --dist-bn broadcast "
+            "(what timm saves; timm would evaluate each device with its own)"
+        )
+    return StepConfig(
+        label_smoothing=config.smoothing,
+        ema_decay=config.model_ema_decay,
+        ema_warmup=config.model_ema_warmup,
+        bn_stat_groups=stat_groups,
+        bn_running_stats=running_stats,
+    )
 
 
 def build_run(config: TrainConfig) -> tuple[Run, TrainState]:
@@ -231,32 +308,50 @@ def build_run(config: TrainConfig) -> tuple[Run, TrainState]:
     graphdef, state = create_train_state(model, tx, use_ema=config.model_ema)
     step_config = _step_config(config, mesh, say)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    say(f"Model {config.model} created, param count: {n_params}; {len(train_ds)} train / {len(eval_ds)} eval "
+    say(
+        f"Model {config.model} created, param count: {n_params}; {len(train_ds)} train / {len(eval_ds)} eval "
         f"images, {num_classes} classes, input {tuple(data_config['input_size'])}; {devices} device(s) x "
-        f"{config.batch_size} = global batch {global_batch}, {steps_per_epoch} steps/epoch, {num_epochs} epochs")
+        f"{config.batch_size} = global batch {global_batch}, {steps_per_epoch} steps/epoch, {num_epochs} epochs"
+    )
     run = Run(
-        config=config, mesh=mesh, graphdef=graphdef,
-        train_step=make_train_step(graphdef, tx, schedule, step_config, mesh), schedule=schedule,
+        config=config,
+        mesh=mesh,
+        graphdef=graphdef,
+        train_step=make_train_step(graphdef, tx, schedule, step_config, mesh),
+        schedule=schedule,
         eval_step=make_eval_step(graphdef, state.rng_state, mesh),
-        mix_fn=_make_mix_fn(config, num_classes, mesh), train_loader=train_loader, eval_loader=eval_loader,
-        steps_per_epoch=steps_per_epoch, num_epochs=num_epochs, global_batch=global_batch,
+        mix_fn=_make_mix_fn(config, num_classes, mesh),
+        train_loader=train_loader,
+        eval_loader=eval_loader,
+        steps_per_epoch=steps_per_epoch,
+        num_epochs=num_epochs,
+        global_batch=global_batch,
         run_dir=config.output_dir(data_config["input_size"][-1]),
-        model_meta={"model_name": config.model, "global_pool": config.gp or "avg", "num_classes": num_classes,
-                    "in_chans": data_config["input_size"][0], "data_config": data_config,
-                    "mv2jax_version": mv2jax.__version__},
-        is_primary=is_primary)
+        model_meta={
+            "model_name": config.model,
+            "global_pool": config.gp or "avg",
+            "num_classes": num_classes,
+            "in_chans": data_config["input_size"][0],
+            "data_config": data_config,
+            "mv2jax_version": mv2jax.__version__,
+        },
+        is_primary=is_primary,
+    )
     return run, shard_train_state(state, mesh)
 
 
 # --- resume -------------------------------------------------------------------------------------------------------
+
 
 def _check_same_run(run: Run, meta: Mapping[str, Any]) -> None:
     saved, now = meta.get("config", {}), run.config.to_dict()
     diffs = [k for k in RESUME_IDENTITY if saved.get(k) != now[k]]
     if diffs:
         flags = ", ".join(f"--{k.replace('_', '-')} ({saved.get(k)!r} there, {now[k]!r} now)" for k in diffs)
-        raise ConfigError(f"{run.run_dir} holds a checkpoint of another run: {flags}. Pass --experiment NAME or "
-                          f"--output DIR for a new run, or --resume {run.run_dir} to load it anyway")
+        raise ConfigError(
+            f"{run.run_dir} holds a checkpoint of another run: {flags}. Pass --experiment NAME or "
+            f"--output DIR for a new run, or --resume {run.run_dir} to load it anyway"
+        )
 
 
 def resume(run: Run, state: TrainState, ckpt: TrainCheckpointer) -> tuple[TrainState, Start]:
@@ -276,8 +371,15 @@ def resume(run: Run, state: TrainState, ckpt: TrainCheckpointer) -> tuple[TrainS
         restored = source.restore(step, state, restore_opt=not config.no_resume_opt)
         meta = restored.meta
         state = restored.state
-        start = Start(step, meta["epoch"], meta.get("epoch_step", 0), meta.get("epoch_loss_sum", 0.0),
-                      restored.data_state, f"{source.directory}/{step}", meta)
+        start = Start(
+            step,
+            meta["epoch"],
+            meta.get("epoch_step", 0),
+            meta.get("epoch_loss_sum", 0.0),
+            restored.data_state,
+            f"{source.directory}/{step}",
+            meta,
+        )
     if config.start_epoch is not None:
         start = dataclasses.replace(start, epoch=config.start_epoch, epoch_step=0, loss_sum=0.0)
     expected = start.epoch * run.steps_per_epoch + start.epoch_step

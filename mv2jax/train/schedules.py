@@ -20,10 +20,10 @@ import numbers
 import jax.numpy as jnp
 import numpy as np
 
-SCHEDULES = ('step', 'cosine', 'constant')
-LR_BASE_SCALES = ('', 'linear', 'sqrt')
+SCHEDULES = ("step", "cosine", "constant")
+LR_BASE_SCALES = ("", "linear", "sqrt")
 # timm train.py: an empty --lr-base-scale means sqrt scaling when the optimizer name contains one of these.
-_SQRT_SCALED_OPT_PARTS = ('ada', 'lamb')
+_SQRT_SCALED_OPT_PARTS = ("ada", "lamb")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,12 +39,12 @@ class LrSchedule:
     steps_per_t: int  # updates per scheduler time unit
     t_end: int  # scheduler time units in the whole run (incl. warmup prefix and cooldown)
     warmup_t: int = 0
-    warmup_lr: float = 0.
+    warmup_lr: float = 0.0
     warmup_prefix: bool = False
-    decay_t: float = 90.  # step: decay interval
+    decay_t: float = 90.0  # step: decay interval
     decay_rate: float = 0.1  # step: factor per interval
     t_initial: int = 1  # cosine: cycle length
-    min_lr: float = 0.  # cosine: floor, and lr after the cycle (cooldown)
+    min_lr: float = 0.0  # cosine: floor, and lr after the cycle (cooldown)
 
     def __call__(self, step):
         """lr (float) for the 0-based update `step`; a Python float for a concrete int, else a jnp scalar."""
@@ -59,7 +59,7 @@ class LrSchedule:
             return self.warmup_lr + t * ((self.lr - self.warmup_lr) / self.warmup_t)
         if self.warmup_prefix:
             t = t - self.warmup_t
-        if self.kind == 'step':
+        if self.kind == "step":
             return self.lr * (self.decay_rate ** (t // self.decay_t))
         if t >= self.t_initial:  # past the single cycle (timm cycle_limit=1): cooldown at min_lr
             return self.min_lr
@@ -69,7 +69,7 @@ class LrSchedule:
         dtype = jnp.result_type(float)
         t_f = t.astype(dtype)
         t_after = t - self.warmup_t if self.warmup_prefix else t
-        main = self._traced_step(t_after, dtype) if self.kind == 'step' else self._traced_cosine(t_after, dtype)
+        main = self._traced_step(t_after, dtype) if self.kind == "step" else self._traced_cosine(t_after, dtype)
         if not self.warmup_t:
             return main
         warm = self.warmup_lr + t_f * ((self.lr - self.warmup_lr) / self.warmup_t)
@@ -77,8 +77,8 @@ class LrSchedule:
 
     def _traced_step(self, t, dtype):
         bounds = _floor_div_bounds(self.decay_t, self.t_end + 1)
-        values = np.array([self.lr * self.decay_rate ** k for k in range(len(bounds) + 1)])
-        k = jnp.searchsorted(jnp.asarray(bounds), t, side='right')
+        values = np.array([self.lr * self.decay_rate**k for k in range(len(bounds) + 1)])
+        k = jnp.searchsorted(jnp.asarray(bounds), t, side="right")
         in_table = jnp.asarray(values, dtype)[k]
         # past the run (t > t_end): plain float formula, only approximate at decay boundaries
         beyond = self.lr * jnp.power(dtype.type(self.decay_rate), jnp.floor(t.astype(dtype) / self.decay_t))
@@ -108,8 +108,14 @@ def _floor_div_bounds(decay_t: float, t_max: int) -> np.ndarray:
 
 
 def scheduled_epochs(
-        sched: str, *, epochs: int, steps_per_epoch: int = 1, warmup_epochs: int = 0, warmup_prefix: bool = False,
-        cooldown_epochs: int = 0, sched_on_updates: bool = False,
+    sched: str,
+    *,
+    epochs: int,
+    steps_per_epoch: int = 1,
+    warmup_epochs: int = 0,
+    warmup_prefix: bool = False,
+    cooldown_epochs: int = 0,
+    sched_on_updates: bool = False,
 ) -> int:
     """Number of epochs timm's train.py runs: `create_scheduler_v2`'s returned `num_epochs`.
 
@@ -118,7 +124,7 @@ def scheduled_epochs(
     when `sched_on_updates`.
     """
     _check_sched(sched)
-    if sched != 'cosine':
+    if sched != "cosine":
         return epochs + (warmup_epochs if warmup_prefix else 0)
     per_t = steps_per_epoch if sched_on_updates else 1
     t_total = epochs * per_t + (warmup_epochs * per_t if warmup_prefix else 0) + cooldown_epochs * per_t
@@ -126,9 +132,19 @@ def scheduled_epochs(
 
 
 def create_schedule(
-        sched: str, *, lr: float, epochs: int, steps_per_epoch: int, warmup_epochs: int = 0, warmup_lr: float = 0.,
-        warmup_prefix: bool = False, decay_epochs: float = 90., decay_rate: float = 0.1, min_lr: float = 0.,
-        cooldown_epochs: int = 0, sched_on_updates: bool = False,
+    sched: str,
+    *,
+    lr: float,
+    epochs: int,
+    steps_per_epoch: int,
+    warmup_epochs: int = 0,
+    warmup_lr: float = 0.0,
+    warmup_prefix: bool = False,
+    decay_epochs: float = 90.0,
+    decay_rate: float = 0.1,
+    min_lr: float = 0.0,
+    cooldown_epochs: int = 0,
+    sched_on_updates: bool = False,
 ) -> LrSchedule:
     """timm's `create_scheduler_v2(sched, ...)` as `step -> lr` (step: 0-based update index; lr per update).
 
@@ -137,30 +153,45 @@ def create_schedule(
     """
     _check_sched(sched)
     if steps_per_epoch < 1:
-        raise ValueError(f'steps_per_epoch must be >= 1, got {steps_per_epoch}')
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
     per_t = steps_per_epoch if sched_on_updates else 1  # scheduler time units per epoch
     n_epochs = scheduled_epochs(
-        sched, epochs=epochs, steps_per_epoch=steps_per_epoch, warmup_epochs=warmup_epochs,
-        warmup_prefix=warmup_prefix, cooldown_epochs=cooldown_epochs, sched_on_updates=sched_on_updates)
+        sched,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        warmup_epochs=warmup_epochs,
+        warmup_prefix=warmup_prefix,
+        cooldown_epochs=cooldown_epochs,
+        sched_on_updates=sched_on_updates,
+    )
     common = dict(
-        lr=lr, steps_per_t=1 if sched_on_updates else steps_per_epoch, t_end=n_epochs * per_t,
-        warmup_t=warmup_epochs * per_t, warmup_lr=warmup_lr, warmup_prefix=warmup_prefix)
-    if sched == 'cosine':
+        lr=lr,
+        steps_per_t=1 if sched_on_updates else steps_per_epoch,
+        t_end=n_epochs * per_t,
+        warmup_t=warmup_epochs * per_t,
+        warmup_lr=warmup_lr,
+        warmup_prefix=warmup_prefix,
+    )
+    if sched == "cosine":
         if epochs <= 0 or min_lr < 0:
-            raise ValueError(f'cosine needs epochs > 0 and min_lr >= 0, got {epochs}, {min_lr}')
-        return LrSchedule('cosine', t_initial=epochs * per_t, min_lr=min_lr, **common)
-    if sched == 'constant':
-        return LrSchedule('step', decay_t=1, decay_rate=1., **common)
-    return LrSchedule('step', decay_t=decay_epochs * per_t, decay_rate=decay_rate, **common)
+            raise ValueError(f"cosine needs epochs > 0 and min_lr >= 0, got {epochs}, {min_lr}")
+        return LrSchedule("cosine", t_initial=epochs * per_t, min_lr=min_lr, **common)
+    if sched == "constant":
+        return LrSchedule("step", decay_t=1, decay_rate=1.0, **common)
+    return LrSchedule("step", decay_t=decay_epochs * per_t, decay_rate=decay_rate, **common)
 
 
 def _check_sched(sched: str) -> None:
     if sched not in SCHEDULES:
-        raise ValueError(f'Unsupported schedule {sched!r}; supported: {SCHEDULES}')
+        raise ValueError(f"Unsupported schedule {sched!r}; supported: {SCHEDULES}")
 
 
 def scale_lr(
-        lr_base: float, lr_base_size: int, global_batch: int, lr_base_scale: str = '', opt: str = 'sgd',
+    lr_base: float,
+    lr_base_size: int,
+    global_batch: int,
+    lr_base_scale: str = "",
+    opt: str = "sgd",
 ) -> float:
     """timm train.py's lr when `--lr` is unset: `lr_base * (global_batch / lr_base_size)` (or its sqrt).
 
@@ -168,11 +199,11 @@ def scale_lr(
     optimizers whose name contains 'ada' or 'lamb', else 'linear' (as timm).
     """
     if lr_base_scale not in LR_BASE_SCALES:
-        raise ValueError(f'lr_base_scale must be one of {LR_BASE_SCALES}, got {lr_base_scale!r}')
+        raise ValueError(f"lr_base_scale must be one of {LR_BASE_SCALES}, got {lr_base_scale!r}")
     if not lr_base_scale:
         on = opt.lower()
-        lr_base_scale = 'sqrt' if any(o in on for o in _SQRT_SCALED_OPT_PARTS) else 'linear'
+        lr_base_scale = "sqrt" if any(o in on for o in _SQRT_SCALED_OPT_PARTS) else "linear"
     batch_ratio = global_batch / lr_base_size
-    if lr_base_scale == 'sqrt':
-        batch_ratio = batch_ratio ** 0.5
+    if lr_base_scale == "sqrt":
+        batch_ratio = batch_ratio**0.5
     return lr_base * batch_ratio

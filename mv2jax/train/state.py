@@ -83,8 +83,13 @@ def create_train_state(
     params, batch_stats, rng_state = (jax.tree.map(jnp.copy, t) for t in (params, batch_stats, rng_state))
     ema = ema_init(ema_variables(params, batch_stats)) if use_ema else None
     state = TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, rng_state=rng_state,
-        opt_state=tx.init(params), ema=ema)
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        rng_state=rng_state,
+        opt_state=tx.init(params),
+        ema=ema,
+    )
     return graphdef, state
 
 
@@ -96,4 +101,3 @@ def model_from_state(graphdef: nnx.GraphDef, state: TrainState, *, use_ema: bool
     weights = state.ema if use_ema else ema_variables(state.params, state.batch_stats)
     trees = (weights["params"], weights["batch_stats"], state.rng_state)
     return merge_model(graphdef, *jax.tree.map(local_copy, trees)).eval()
-

@@ -93,8 +93,13 @@ def _global_norm(tree) -> jax.Array:
 
 
 def train_step(
-    state: TrainState, batch: Batch, *, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-    schedule: Callable[[Any], Any] | float, config: StepConfig,
+    state: TrainState,
+    batch: Batch,
+    *,
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: Callable[[Any], Any] | float,
+    config: StepConfig,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer update (pure; jit it with `make_train_step`). Returns (new state, metrics).
 
@@ -105,7 +110,8 @@ def train_step(
     """
     grad_fn = jax.value_and_grad(_forward_loss, has_aux=True)
     (loss, (batch_stats, rng_state)), grads = grad_fn(
-        state.params, state.batch_stats, state.rng_state, batch, graphdef, config)
+        state.params, state.batch_stats, state.rng_state, batch, graphdef, config
+    )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step = state.step + 1
@@ -121,8 +127,9 @@ def train_step(
         ema = ema_update(ema, ema_variables(params, batch_stats), decay)
         metrics["ema_decay"] = jnp.asarray(decay, jnp.float32)
     metrics["finite"] = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"]) & jnp.isfinite(metrics["param_norm"])
-    new_state = TrainState(step=step, params=params, batch_stats=batch_stats, rng_state=rng_state,
-                           opt_state=opt_state, ema=ema)
+    new_state = TrainState(
+        step=step, params=params, batch_stats=batch_stats, rng_state=rng_state, opt_state=opt_state, ema=ema
+    )
     return new_state, metrics
 
 
@@ -153,8 +160,11 @@ def eval_step(params, batch_stats, batch: Batch, rng_state, *, graphdef: nnx.Gra
 
 
 def make_train_step(
-    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: Callable[[Any], Any] | float,
-    config: StepConfig, mesh: Mesh | None = None,
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: Callable[[Any], Any] | float,
+    config: StepConfig,
+    mesh: Mesh | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """`train_step` jitted once for these static pieces, with the state donated (argument 0).
 
@@ -164,8 +174,9 @@ def make_train_step(
     fn = functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, config=config)
     if mesh is None:
         return jax.jit(fn, donate_argnums=0)
-    return jax.jit(fn, in_shardings=(replicated(mesh), batch_sharding(mesh)), out_shardings=replicated(mesh),
-                   donate_argnums=0)
+    return jax.jit(
+        fn, in_shardings=(replicated(mesh), batch_sharding(mesh)), out_shardings=replicated(mesh), donate_argnums=0
+    )
 
 
 def make_eval_step(graphdef: nnx.GraphDef, rng_state, mesh: Mesh | None = None) -> Callable[..., Metrics]:
@@ -173,6 +184,7 @@ def make_eval_step(graphdef: nnx.GraphDef, rng_state, mesh: Mesh | None = None) 
 
     `rng_state` (unused in eval mode, needed to rebuild the module) is bound here and passed to the jitted
     function as an argument (replicated on the mesh), never captured as a constant."""
+
     def run(params, batch_stats, batch, rngs):
         return eval_step(params, batch_stats, batch, rngs, graphdef=graphdef)
 
@@ -197,4 +209,5 @@ def check_finite(metrics: Mapping[str, Any], step: int) -> None:
     lr = float(np.asarray(metrics.get("lr", np.nan)))
     raise FloatingPointError(
         f"non-finite training at step {step} (loss={loss:.4g}, grad_norm={gnorm:.4g}, lr={lr:.3g}): the run "
-        f"diverged; restart from the last good checkpoint with a lower learning rate (--lr)")
+        f"diverged; restart from the last good checkpoint with a lower learning rate (--lr)"
+    )

@@ -64,6 +64,7 @@ def one_error_line(capsys) -> str:
 
 # --- conversion ----------------------------------------------------------------------------------------------------
 
+
 def test_import_writes_mv2jax_layout_and_meta_naming_the_source(timm_weights, mv2jax_dir):
     state, meta = read_orbax(mv2jax_dir)
     source = timm_weights[0]
@@ -93,11 +94,14 @@ def test_export_directory_loads_like_a_hub_repo_with_timm_config(mv2jax_dir, tmp
     assert loaded.pretrained_cfg["tag"] == "untrained" and loaded.num_classes == 1000
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("mobilenetv2_100.ra_in1k", {}),
-    ("mobilenetv2_035", {"num_classes": 7, "in_chans": 1}),
-    ("mobilenetv2_120d.ra_in1k", {"num_classes": 0}),
-])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("mobilenetv2_100.ra_in1k", {}),
+        ("mobilenetv2_035", {"num_classes": 7, "in_chans": 1}),
+        ("mobilenetv2_120d.ra_in1k", {"num_classes": 0}),
+    ],
+)
 def test_config_json_is_what_timm_save_for_hf_writes(name, kwargs, tmp_path):
     from timm.models._hub import save_config_for_hf
 
@@ -109,8 +113,10 @@ def test_config_json_is_what_timm_save_for_hf_writes(name, kwargs, tmp_path):
 
 def test_ema_flag_exports_the_ema_weights_of_a_training_checkpoint(timm_weights, tmp_path):
     weights = {"model": timm_weights[1], "ema": state_dict_numpy(timm_model(NAME, seed=2))}
-    tree = {k: nnx.to_pure_dict(nnx.state(from_timm.build_model(NAME, sd), nnx.Any(nnx.Param, nnx.BatchStat)))
-            for k, sd in weights.items()}
+    tree = {
+        k: nnx.to_pure_dict(nnx.state(from_timm.build_model(NAME, sd), nnx.Any(nnx.Param, nnx.BatchStat)))
+        for k, sd in weights.items()
+    }
     ckpt, out = tmp_path / "train", tmp_path / "model.safetensors"
     mv2jax.convert.write_orbax_state(ckpt, tree, {"model_name": NAME, "epoch": 3})
     assert run("--to-timm", "--input", ckpt, "--output", out, "--ema") == 0
@@ -142,6 +148,7 @@ def test_failed_safetensors_write_keeps_the_old_file_whole(mv2jax_dir, tmp_path,
 
 
 # --- --verify ------------------------------------------------------------------------------------------------------
+
 
 def logit_rows(out: str) -> dict[str, list[str]]:
     """The report's logit lines by input name: [name, shape, 'max|diff|', value, 'rel', value, ...]."""
@@ -213,6 +220,7 @@ def test_verify_without_timm_says_what_to_install(timm_weights, tmp_path, monkey
 
 # --- bad inputs: one line on stderr, exit code 2 ------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bad")
@@ -224,23 +232,29 @@ def bad_files(tmp_path_factory) -> dict[str, Path]:
     return {p.name: p for p in root.iterdir()}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "mobilenetv3_large_100", "--checkpoint", "{timm}"], "unknown model 'mobilenetv3_large_100'"),
-    (["--model", NAME, "--checkpoint", "{bad}/missing.safetensors"], "missing.safetensors does not exist"),
-    (["--model", NAME, "--checkpoint", "{bad}/text.safetensors"], "is not a readable safetensors file"),
-    (["--model", NAME, "--checkpoint", "{bad}/notes.txt"], "expected .safetensors, .pth"),
-    (["--model", NAME, "--checkpoint", "{bad}/050.safetensors"], "checkpoint does not fit mobilenetv2_035:"),
-    (["--model", NAME], "mobilenetv2_035.untrained has no pretrained weights on the Hub: pass --checkpoint"),
-    (["--model", "mobilenetv2_100.ra_in1k"], "could not get model.safetensors of Hub repo timm/mobilenetv2_100"),
-    (["--to-timm", "--input", "{bad}/empty_dir"], "is not an mv2jax (orbax) checkpoint directory"),
-    (["--to-timm", "--input", "{mv2jax}", "--ema"], "has no 'ema' weights (it has model)"),
-    (["--to-timm", "--input", "{bad}/050.safetensors"], "is a file, which does not name its model: pass --model"),
-    (["--to-timm", "--input", "{mv2jax}", "--model", "mobilenetv2_050"], "checkpoint does not fit mobilenetv2_050"),
-    (["--model", NAME, "--checkpoint", "{timm}", "--verify", "--image", "{bad}/no.jpg"],
-     "image {bad}/no.jpg does not exist"),
-])
-def test_bad_input_is_one_line_on_stderr_with_exit_code_2(args, message, timm_weights, mv2jax_dir, bad_files,
-                                                          tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "mobilenetv3_large_100", "--checkpoint", "{timm}"], "unknown model 'mobilenetv3_large_100'"),
+        (["--model", NAME, "--checkpoint", "{bad}/missing.safetensors"], "missing.safetensors does not exist"),
+        (["--model", NAME, "--checkpoint", "{bad}/text.safetensors"], "is not a readable safetensors file"),
+        (["--model", NAME, "--checkpoint", "{bad}/notes.txt"], "expected .safetensors, .pth"),
+        (["--model", NAME, "--checkpoint", "{bad}/050.safetensors"], "checkpoint does not fit mobilenetv2_035:"),
+        (["--model", NAME], "mobilenetv2_035.untrained has no pretrained weights on the Hub: pass --checkpoint"),
+        (["--model", "mobilenetv2_100.ra_in1k"], "could not get model.safetensors of Hub repo timm/mobilenetv2_100"),
+        (["--to-timm", "--input", "{bad}/empty_dir"], "is not an mv2jax (orbax) checkpoint directory"),
+        (["--to-timm", "--input", "{mv2jax}", "--ema"], "has no 'ema' weights (it has model)"),
+        (["--to-timm", "--input", "{bad}/050.safetensors"], "is a file, which does not name its model: pass --model"),
+        (["--to-timm", "--input", "{mv2jax}", "--model", "mobilenetv2_050"], "checkpoint does not fit mobilenetv2_050"),
+        (
+            ["--model", NAME, "--checkpoint", "{timm}", "--verify", "--image", "{bad}/no.jpg"],
+            "image {bad}/no.jpg does not exist",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr_with_exit_code_2(
+    args, message, timm_weights, mv2jax_dir, bad_files, tmp_path, monkeypatch, capsys
+):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as on a machine without the Hub

@@ -61,8 +61,9 @@ def test_hf_hub_name_takes_preprocessing_from_the_repo_config(hub_cache):
 def test_pretrained_with_other_num_classes_reinitialises_only_the_classifier(hub_cache, saved):
     tmodel, _ = saved
     model = mv2jax.create_model(NAME, pretrained=True, num_classes=10)
-    ref = timm.create_model(NAME, pretrained=True, num_classes=10,
-                            pretrained_cfg_overlay={"file": str(saved[1] / "model.safetensors")})
+    ref = timm.create_model(
+        NAME, pretrained=True, num_classes=10, pretrained_cfg_overlay={"file": str(saved[1] / "model.safetensors")}
+    )
     ours = mv2jax.convert.mv2jax_to_timm(model)
     for k, v in ref.state_dict().items():
         if not k.startswith("classifier"):
@@ -73,8 +74,9 @@ def test_pretrained_with_other_num_classes_reinitialises_only_the_classifier(hub
 @pytest.mark.parametrize("in_chans", [1, 4])
 def test_pretrained_with_other_in_chans_adapts_the_stem_as_timm(hub_cache, saved, in_chans):
     model = mv2jax.create_model(NAME, pretrained=True, in_chans=in_chans)
-    ref = timm.create_model(NAME, pretrained=True, in_chans=in_chans,
-                            pretrained_cfg_overlay={"file": str(saved[1] / "model.safetensors")})
+    ref = timm.create_model(
+        NAME, pretrained=True, in_chans=in_chans, pretrained_cfg_overlay={"file": str(saved[1] / "model.safetensors")}
+    )
     ours = mv2jax.convert.mv2jax_to_timm(model)["conv_stem.weight"]
     np.testing.assert_allclose(ours, ref.conv_stem.weight.detach().numpy(), rtol=1e-6, atol=0)
 
@@ -83,8 +85,9 @@ def test_features_only_pretrained_loads_the_trunk(hub_cache, saved):
     tmodel, _ = saved
     model = mv2jax.create_model(NAME, pretrained=True, features_only=True).eval()
     x = random_nhwc()
-    tfeat = timm.create_model(NAME, features_only=True, pretrained=True,
-                              pretrained_cfg_overlay={"file": str(saved[1] / "model.safetensors")}).eval()
+    tfeat = timm.create_model(
+        NAME, features_only=True, pretrained=True, pretrained_cfg_overlay={"file": str(saved[1] / "model.safetensors")}
+    ).eval()
     for ours, ref in zip(forward(model, x), run_timm(tfeat, x), strict=True):
         assert rel_err(ours, ref) < 1e-5
 

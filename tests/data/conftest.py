@@ -159,8 +159,9 @@ def timm_replay(monkeypatch):
         replay = Replay(log)
         for module in (timm.data.auto_augment, timm.data.transforms, timm.data.random_erasing):
             monkeypatch.setattr(module, "random", replay)
-        monkeypatch.setattr(timm.data.auto_augment, "np", types.SimpleNamespace(
-            random=types.SimpleNamespace(choice=replay.np_choice)))
+        monkeypatch.setattr(
+            timm.data.auto_augment, "np", types.SimpleNamespace(random=types.SimpleNamespace(choice=replay.np_choice))
+        )
         monkeypatch.setattr(torch, "rand", replay.torch_rand)
         monkeypatch.setattr(torchvision.transforms.ColorJitter, "get_params", staticmethod(replay.color_jitter_params))
         return replay

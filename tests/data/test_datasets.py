@@ -39,8 +39,20 @@ def _make_tree(root: Path, files: list[str]) -> Path:
 
 def test_imagefolder_samples_and_classes_equal_timm_image_dataset(tmp_path):
     # natural sort ('c2' < 'c10'), upper-case extension, nested leaf folder, non-image file ignored
-    root = _make_tree(tmp_path, ["c10/b.jpg", "c10/a10.jpg", "c10/a9.JPG", "c2/x.png", "C1/z.jpeg",
-                                 "c3/deep/leaf.jpg", "c3/readme.txt", "c2/img2.jpg", "c2/img10.jpg"])
+    root = _make_tree(
+        tmp_path,
+        [
+            "c10/b.jpg",
+            "c10/a10.jpg",
+            "c10/a9.JPG",
+            "c2/x.png",
+            "C1/z.jpeg",
+            "c3/deep/leaf.jpg",
+            "c3/readme.txt",
+            "c2/img2.jpg",
+            "c2/img10.jpg",
+        ],
+    )
     ours = ImageFolder(str(root))
     theirs = timm.data.ImageDataset(str(root))
     assert ours.class_to_idx == theirs.reader.class_to_idx
@@ -54,8 +66,9 @@ def test_imagefolder_samples_and_classes_equal_timm_image_dataset(tmp_path):
 
 
 def test_imagefolder_class_indices_equal_torchvision_imagefolder(tmp_path):
-    root = _make_tree(tmp_path, ["n02102040/a.jpg", "n01440764/b.png", "n01443537/c.jpg", "n01443537/d.jpeg",
-                                 "n01440764/e.jpg"])
+    root = _make_tree(
+        tmp_path, ["n02102040/a.jpg", "n01440764/b.png", "n01443537/c.jpg", "n01443537/d.jpeg", "n01440764/e.jpg"]
+    )
     ours, tv = ImageFolder(str(root)), torchvision.datasets.ImageFolder(str(root))
     assert ours.class_to_idx == tv.class_to_idx
     assert sorted(ours.samples) == sorted(tv.samples)
@@ -75,13 +88,16 @@ def test_create_dataset_picks_the_split_folder(tmp_path):
     assert create_dataset("folder", str(tmp_path), split="validation").root == str(tmp_path / "val")
 
 
-@pytest.mark.parametrize(("name", "root", "exc", "fix"), [
-    ("", "/no/such/dir", FileNotFoundError, "--data-dir"),
-    ("", None, ValueError, "--data-dir"),
-    ("imagenet", "/tmp", ValueError, "digits"),
-    ("hfds/foo", None, ValueError, "tfds/NAME"),
-    ("tfds/definitely_not_a_dataset", None, ValueError, "tfds/"),
-])
+@pytest.mark.parametrize(
+    ("name", "root", "exc", "fix"),
+    [
+        ("", "/no/such/dir", FileNotFoundError, "--data-dir"),
+        ("", None, ValueError, "--data-dir"),
+        ("imagenet", "/tmp", ValueError, "digits"),
+        ("hfds/foo", None, ValueError, "tfds/NAME"),
+        ("tfds/definitely_not_a_dataset", None, ValueError, "tfds/"),
+    ],
+)
 def test_bad_dataset_name_or_dir_fails_with_one_line_naming_the_fix(name, root, exc, fix):
     with pytest.raises(exc) as err:
         create_dataset(name, root)
@@ -118,10 +134,12 @@ class TinyTfdsImages(tfds.core.GeneratorBasedBuilder):
     code_path = None
 
     def _info(self):
-        features = tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-            "label": tfds.features.ClassLabel(num_classes=3),
-        })
+        features = tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+                "label": tfds.features.ClassLabel(num_classes=3),
+            }
+        )
         return self.dataset_info_from_configs(features=features, supervised_keys=("image", "label"))
 
     def _split_generators(self, dl_manager):
@@ -158,6 +176,7 @@ def test_tfds_array_record_source_reads_encoded_images_and_labels(tfds_dir):
 
 def test_tfds_source_feeds_the_loader(tfds_dir):
     ds = create_dataset("tfds/tiny_tfds_images", root=tfds_dir, split="train")
-    batches = list(create_loader(ds, lambda img: np.asarray(img.resize((3, 3)), np.float32), batch_size=4,
-                                 is_training=False))
+    batches = list(
+        create_loader(ds, lambda img: np.asarray(img.resize((3, 3)), np.float32), batch_size=4, is_training=False)
+    )
     assert len(batches) == 2 and sum(int(b["mask"].sum()) for b in batches) == 7

@@ -102,8 +102,9 @@ def test_two_processes_see_disjoint_shards_that_together_form_the_global_batches
     n, g = 50, 8  # 6 full global batches per epoch, 2 examples dropped (timm drops the last partial batch)
     kw = dict(batch_size=g, is_training=True, seed=3, num_epochs=1)
     single = list(create_loader(IndexedSource(n), train_transform, shard_index=0, shard_count=1, **kw))
-    shards = [list(create_loader(IndexedSource(n), train_transform, shard_index=p, shard_count=2, **kw))
-              for p in range(2)]
+    shards = [
+        list(create_loader(IndexedSource(n), train_transform, shard_index=p, shard_count=2, **kw)) for p in range(2)
+    ]
     assert len(single) == len(shards[0]) == len(shards[1]) == n // g
     seen = [set(real_labels(s)) for s in shards]
     assert not seen[0] & seen[1]
@@ -142,8 +143,19 @@ def test_resume_rejects_a_state_from_a_different_stream():
 @pytest.mark.parametrize("shard_count", [1, 2])
 def test_eval_visits_every_example_exactly_once(shard_count):
     n, g = 53, 8  # 53 = 6 * 8 + 5: the last global batch has 3 padded slots
-    per_process = [list(create_loader(IndexedSource(n), eval_transform, batch_size=g, is_training=False,
-                                      shard_index=p, shard_count=shard_count)) for p in range(shard_count)]
+    per_process = [
+        list(
+            create_loader(
+                IndexedSource(n),
+                eval_transform,
+                batch_size=g,
+                is_training=False,
+                shard_index=p,
+                shard_count=shard_count,
+            )
+        )
+        for p in range(shard_count)
+    ]
     assert {len(b) for b in per_process} == {7}  # every process runs the same number of steps
     assert all(b["image"].shape[0] == g // shard_count for batches in per_process for b in batches)
     assert sum(int(b["mask"].sum()) for batches in per_process for b in batches) == n
@@ -175,10 +187,20 @@ _EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
 
 
 def test_eval_count_is_exact_on_an_8_device_cpu_mesh():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-c", _EIGHT_DEVICE_SCRIPT], env=env, cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=120)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", _EIGHT_DEVICE_SCRIPT],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split()[-2:] == ["53", "True"]
 

@@ -44,8 +44,9 @@ def _fixed_params(cfg: MixupConfig, seed: int) -> MixParams:
     rng = np.random.default_rng(seed)
     n = {"batch": 1, "pair": B // 2, "elem": B}[cfg.mode]
     lam = np.where(rng.random(n) < 0.25, 1.0, rng.uniform(0.05, 0.95, n)).astype(np.float32)
-    use_cutmix = (rng.random(n) < 0.5) if cfg.mixup_alpha > 0 and cfg.cutmix_alpha > 0 else \
-        np.full(n, cfg.cutmix_alpha > 0)
+    use_cutmix = (
+        (rng.random(n) < 0.5) if cfg.mixup_alpha > 0 and cfg.cutmix_alpha > 0 else np.full(n, cfg.cutmix_alpha > 0)
+    )
     use_cutmix &= lam != 1
     y, x = np.sort(rng.integers(0, H + 1, (n, 2)), axis=1), np.sort(rng.integers(0, W + 1, (n, 2)), axis=1)
     box = np.stack([y[:, 0], y[:, 1], x[:, 0], x[:, 1]], axis=1).astype(np.int32)
@@ -104,16 +105,22 @@ def test_jitted_minmax_elem_mixup_cuts_allowed_boxes_from_the_mirror_example():
     x, y, flipped = np.asarray(x), np.asarray(y), images[::-1]
     assert x.dtype == np.float32 and y.shape == (B, K)
     for i in range(B):
-        changed = np.flatnonzero((x[i] != images[i]).any(axis=-1).any(axis=1)), \
-            np.flatnonzero((x[i] != images[i]).any(axis=-1).any(axis=0))
+        changed = (
+            np.flatnonzero((x[i] != images[i]).any(axis=-1).any(axis=1)),
+            np.flatnonzero((x[i] != images[i]).any(axis=-1).any(axis=0)),
+        )
         if changed[0].size == 0:  # untouched (probability 1 - prob = 0 here, but allowed)
             continue
         (y0, y1), (x0, x1) = (changed[0][[0, -1]] + [0, 1]), (changed[1][[0, -1]] + [0, 1])
         assert int(H * 0.2) <= y1 - y0 < int(H * 0.8) and int(W * 0.2) <= x1 - x0 < int(W * 0.8)
         np.testing.assert_array_equal(x[i, y0:y1, x0:x1], flipped[i, y0:y1, x0:x1])
         lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)
-        np.testing.assert_allclose(y[i], np.asarray(mixup_target(labels, K, 1.0))[i] * lam
-                                   + np.asarray(mixup_target(labels, K, 1.0))[B - 1 - i] * (1 - lam), atol=1e-6)
+        np.testing.assert_allclose(
+            y[i],
+            np.asarray(mixup_target(labels, K, 1.0))[i] * lam
+            + np.asarray(mixup_target(labels, K, 1.0))[B - 1 - i] * (1 - lam),
+            atol=1e-6,
+        )
 
 
 def test_disabled_mixup_only_smooths_targets():
@@ -144,8 +151,9 @@ def test_draws_follow_timms_distributions():
     assert abs(np.mean(cut) - np.mean(theirs_cut)) < 0.05
     inside = cut & (box[:, 0] > 0) & (box[:, 1] < H)
     assert inside.sum() > 100
-    np.testing.assert_array_equal((box[:, 1] - box[:, 0])[inside],
-                                  (H * np.sqrt(1 - lam[inside].astype(np.float64))).astype(int))
+    np.testing.assert_array_equal(
+        (box[:, 1] - box[:, 0])[inside], (H * np.sqrt(1 - lam[inside].astype(np.float64))).astype(int)
+    )
 
 
 def test_minmax_forces_cutmix_and_odd_batch_is_rejected():

@@ -128,6 +128,7 @@ def test_config_parsing_matches_timm():
 
 # --- distributions -------------------------------------------------------------------------------------------------
 
+
 def _timm_magnitudes(hparams, magnitude, n):
     """timm's own magnitude sampling: an AugmentOp whose level/op functions return the sampled magnitude."""
     op = taa.AugmentOp("Rotate", prob=1.0, magnitude=magnitude, hparams=hparams)

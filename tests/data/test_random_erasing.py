@@ -106,7 +106,7 @@ def test_erasing_boxes_follow_timm_distribution():
     theirs_re = TimmRandomErasing(probability=0.6, mode="pixel", device="cpu")
     random.seed(0)
     torch.manual_seed(0)
-    theirs = _boxes(lambda x: (_timm_erase(theirs_re, x) != 1), n)
+    theirs = _boxes(lambda x: _timm_erase(theirs_re, x) != 1, n)
     rng = np.random.default_rng(0)
     ours = _boxes(lambda x: RandomErasing(probability=0.6, mode="pixel")(x, rng) != 1, n)
     assert _same_box_distribution(ours, theirs)

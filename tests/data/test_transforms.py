@@ -111,6 +111,7 @@ def test_no_aug_train_transform_equals_timm(photos):
 
 # --- training pieces at fixed parameters --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
 def test_resized_crop_at_fixed_params_equals_torchvision(interpolation, photos):
     img = photos["hopper"]
@@ -148,8 +149,14 @@ TRAIN_CASES = [
     dict(auto_augment="rand-m9-mstd0.5", interpolation="random", re_prob=0.5, re_mode="const"),
     dict(auto_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic", vflip=0.5, re_prob=0.6, re_count=3),
     dict(color_jitter=0.4, interpolation="random", hflip=0.5),  # colour jitter path (no RandAugment)
-    dict(color_jitter=(0.3, 0.2, 0.4, 0.1), color_jitter_prob=0.8, grayscale_prob=0.3, interpolation="bilinear",
-         scale=(0.3, 0.9), ratio=(0.5, 2.0)),
+    dict(
+        color_jitter=(0.3, 0.2, 0.4, 0.1),
+        color_jitter_prob=0.8,
+        grayscale_prob=0.3,
+        interpolation="bilinear",
+        scale=(0.3, 0.9),
+        ratio=(0.5, 2.0),
+    ),
     dict(auto_augment="rand-m7-n3-mstd0.5-t3a", interpolation="random"),  # '3a' keeps colour jitter on
 ]
 
@@ -173,8 +180,9 @@ def test_train_transform_equals_timm_draw_for_draw(case, small_photos, recording
 
 
 def test_train_transform_is_deterministic_per_generator_and_picklable(small_photos):
-    tf = create_transform(96, is_training=True, auto_augment="rand-m9-mstd0.5", interpolation="random",
-                          re_prob=0.2, re_mode="pixel")
+    tf = create_transform(
+        96, is_training=True, auto_augment="rand-m9-mstd0.5", interpolation="random", re_prob=0.2, re_mode="pixel"
+    )
     img = small_photos["china"]
     a = tf(img, np.random.default_rng(7))
     b = tf(img, np.random.default_rng(7))
@@ -188,10 +196,15 @@ def test_train_transform_is_deterministic_per_generator_and_picklable(small_phot
 
 # --- RandomResizedCrop parameter distribution ----------------------------------------------------------------------
 
+
 def _rrc_draws(sample, n):
     draws = np.array([sample() for _ in range(n)], dtype=float)  # (top, left, h, w)
-    return {"area": draws[:, 2] * draws[:, 3], "aspect": draws[:, 3] / draws[:, 2], "top": draws[:, 0],
-            "left": draws[:, 1]}
+    return {
+        "area": draws[:, 2] * draws[:, 3],
+        "aspect": draws[:, 3] / draws[:, 2],
+        "top": draws[:, 0],
+        "left": draws[:, 1],
+    }
 
 
 def _same_distribution(a, b, alpha=1e-4):
@@ -227,8 +240,12 @@ def test_color_jitter_params_follow_torchvision_distribution():
     jitter_args = (0.4, 0.3, 0.2, 0.1)
     tv = torchvision.transforms.ColorJitter(*jitter_args)
     ours = color.ColorJitter.from_args(*jitter_args)
-    assert (ours.brightness, ours.contrast, ours.saturation, ours.hue) == (tv.brightness, tv.contrast,
-                                                                           tv.saturation, tv.hue)
+    assert (ours.brightness, ours.contrast, ours.saturation, ours.hue) == (
+        tv.brightness,
+        tv.contrast,
+        tv.saturation,
+        tv.hue,
+    )
     n = 6000
     torch.manual_seed(0)
     theirs = [tv.get_params(tv.brightness, tv.contrast, tv.saturation, tv.hue) for _ in range(n)]

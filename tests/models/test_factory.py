@@ -103,8 +103,11 @@ def test_bf16_compute_error_is_within_twice_timm_autocast_error():
 
 @pytest.mark.parametrize(
     ("name", "message"),
-    [("resnet50", "unknown model 'resnet50'"), ("mobilenetv2_100.in22k", "unknown tag 'in22k'"),
-     ("mobilenetv2_1000", "unknown model")],
+    [
+        ("resnet50", "unknown model 'resnet50'"),
+        ("mobilenetv2_100.in22k", "unknown tag 'in22k'"),
+        ("mobilenetv2_1000", "unknown model"),
+    ],
 )
 def test_unknown_model_name_is_a_one_line_error(name, message):
     with pytest.raises(ValueError, match=message) as e:
@@ -114,8 +117,12 @@ def test_unknown_model_name_is_a_one_line_error(name, message):
 
 @pytest.mark.parametrize(
     ("shape", "dtype", "message"),
-    [((2, 3, 32, 32), np.float32, "looks NCHW"), ((2, 32, 32, 4), np.float32, "3 channels last"),
-     ((32, 32, 3), np.float32, r"expected an NHWC batch"), ((2, 32, 32, 3), np.uint8, "float image batch")],
+    [
+        ((2, 3, 32, 32), np.float32, "looks NCHW"),
+        ((2, 32, 32, 4), np.float32, "3 channels last"),
+        ((32, 32, 3), np.float32, r"expected an NHWC batch"),
+        ((2, 32, 32, 3), np.uint8, "float image batch"),
+    ],
 )
 def test_wrong_input_layout_is_a_one_line_error(shape, dtype, message):
     model = mv2jax.create_model("mobilenetv2_035")

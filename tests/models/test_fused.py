@@ -34,8 +34,12 @@ def timm_references():
         if (name, shape) not in cache:
             tmodel = timm_model(name, seed=3)
             x = np.random.default_rng(2).standard_normal((*SHAPES[shape], 3)).astype(np.float32)
-            cache[(name, shape)] = (tmodel, x, run_timm(tmodel, x, dtype=torch.float64),
-                                    run_timm(tmodel, x, dtype=torch.float32))
+            cache[(name, shape)] = (
+                tmodel,
+                x,
+                run_timm(tmodel, x, dtype=torch.float64),
+                run_timm(tmodel, x, dtype=torch.float32),
+            )
         return cache[(name, shape)]
 
     return get

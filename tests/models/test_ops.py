@@ -26,8 +26,9 @@ def _grads(f, args, cotangent_seed=0):
 
 
 @pytest.mark.parametrize("rows", [False, True], ids=["one-reduce", "row-sums"])
-@pytest.mark.parametrize("shape,stride", [((2, 9, 7, 5), 1), ((2, 9, 7, 5), 2), ((3, 8, 10, 4), 2),
-                                          ((1, 5, 5, 3), 1), ((4, 6, 6, 2), 1)])
+@pytest.mark.parametrize(
+    "shape,stride", [((2, 9, 7, 5), 1), ((2, 9, 7, 5), 2), ((3, 8, 10, 4), 2), ((1, 5, 5, 3), 1), ((4, 6, 6, 2), 1)]
+)
 def test_depthwise_conv_value_and_gradients_equal_lax_conv(shape, stride, rows, monkeypatch):
     # both weight-gradient paths: one reduce (small layers) and sums over rows first (large layers)
     monkeypatch.setattr(ops, "ROW_SUMS_MIN_ELEMENTS", 0 if rows else ops.ROW_SUMS_MIN_ELEMENTS)
@@ -37,9 +38,14 @@ def test_depthwise_conv_value_and_gradients_equal_lax_conv(shape, stride, rows, 
         w = jnp.asarray(rng.standard_normal((3, 3, shape[-1])))
 
         def reference(x, w):
-            return jax.lax.conv_general_dilated(x, w[:, :, None, :], (stride, stride), ((1, 1), (1, 1)),
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                                feature_group_count=shape[-1])
+            return jax.lax.conv_general_dilated(
+                x,
+                w[:, :, None, :],
+                (stride, stride),
+                ((1, 1), (1, 1)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=shape[-1],
+            )
 
         out, grads = _grads(lambda x, w: depthwise_conv(x, w, stride, 1), (x, w))
         ref_out, ref_grads = _grads(reference, (x, w))
@@ -102,7 +108,8 @@ def test_bf16_depthwise_weight_gradient_accumulates_in_float32(rows, monkeypatch
     c = jnp.asarray(rng.standard_normal((4, 32, 32, 8)), jnp.bfloat16)
     dw = jax.grad(lambda w: jnp.sum((depthwise_conv(x, w, 1, 1) * c).astype(jnp.float32)))(w)
     ref = jax.grad(lambda w: jnp.sum(depthwise_conv(x.astype(jnp.float32), w, 1, 1) * c.astype(jnp.float32)))(
-        w.astype(jnp.float32))
+        w.astype(jnp.float32)
+    )
     assert dw.dtype == jnp.bfloat16
     # sums of 4096 products: float32 accumulation then one bf16 rounding is within 2^-8 (measured 1.2e-3);
     # accumulating in bf16 is off by 2.4e-2

@@ -41,8 +41,9 @@ def _timm_step(tmodel, x, y, dtype):
 def _mv2jax_step(model, x, y):
     def loss_fn(m):
         logits = m(x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32 if logits.dtype != jnp.float64
-                                                                             else jnp.float64), y).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(
+            logits.astype(jnp.float32 if logits.dtype != jnp.float64 else jnp.float64), y
+        ).mean()
 
     loss, grads = nnx.jit(nnx.value_and_grad(loss_fn))(model)
     flat = {".".join(map(str, p)): v[...] for p, v in nnx.to_flat_state(grads)}
@@ -67,8 +68,9 @@ def _batch(size=64, n=4, seed=0):
     return rng.standard_normal((n, size, size, 3)).astype(np.float32), rng.integers(0, 1000, n)
 
 
-@pytest.mark.parametrize("name,conv_impl", [("mobilenetv2_035", "cpu"), ("mobilenetv2_035", "xla"),
-                                            ("mobilenetv2_110d", "cpu")])
+@pytest.mark.parametrize(
+    "name,conv_impl", [("mobilenetv2_035", "cpu"), ("mobilenetv2_035", "xla"), ("mobilenetv2_110d", "cpu")]
+)
 def test_train_step_float64_loss_gradients_and_running_stats_equal_timm(name, conv_impl):
     tmodel = timm_model(name, seed=3)
     x, y = _batch()

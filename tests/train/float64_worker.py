@@ -40,8 +40,9 @@ def main() -> None:
     ref, ref_ema, ref_lrs, ref_losses = timm_train(tmodel, batches, recipe, torch.float64)
     with jax.enable_x64(True):
         # conv_impl='xla' compiles faster in float64; the default CPU convolutions are trained in the float32 tests
-        model = mv2jax.create_model(MODEL, num_classes=NUM_CLASSES, dtype=jnp.float64, param_dtype=jnp.float64,
-                                    conv_impl="xla")
+        model = mv2jax.create_model(
+            MODEL, num_classes=NUM_CLASSES, dtype=jnp.float64, param_dtype=jnp.float64, conv_impl="xla"
+        )
         graphdef, state, metrics, _, recompiles = mv2jax_train(load_timm(model, tmodel), batches, recipe)
         ours, ours_ema = mv2jax_state_dicts(graphdef, state)
     out = {
@@ -50,8 +51,10 @@ def main() -> None:
         "ema": worst(rel_errors(ours_ema, ref_ema)),
         "num_batches_tracked_equal": all(int(ours[k]) == int(ref[k]) for k in ref if k.endswith("tracked")),
         "moved": global_rel_error(ref, state_dict_numpy(tmodel)),
-        "lrs": [float(m["lr"]) for m in metrics], "timm_lrs": ref_lrs,
-        "losses": [float(m["loss"]) for m in metrics], "timm_losses": ref_losses,
+        "lrs": [float(m["lr"]) for m in metrics],
+        "timm_lrs": ref_lrs,
+        "losses": [float(m["loss"]) for m in metrics],
+        "timm_losses": ref_losses,
         "recompiles": recompiles,
     }
     print("RESULT " + json.dumps(out, default=lambda x: np.asarray(x).tolist()))

@@ -29,7 +29,7 @@ def global_batches():
 
 def local_slice(batch: dict, process_id: int, num_processes: int) -> dict:
     per = GLOBAL_BATCH // num_processes
-    return {k: v[process_id * per:(process_id + 1) * per] for k, v in batch.items()}
+    return {k: v[process_id * per : (process_id + 1) * per] for k, v in batch.items()}
 
 
 def train(process_id: int = 0, num_processes: int = 1, stat_groups: int | None = None):
@@ -50,8 +50,12 @@ def train(process_id: int = 0, num_processes: int = 1, stat_groups: int | None =
     schedule = recipe.schedule()
     tx = recipe.optax(schedule)
     graphdef, state = create_train_state(tiny_mv2jax(dtype=jnp.float64, param_dtype=jnp.float64), tx, use_ema=True)
-    config = StepConfig(label_smoothing=recipe.smoothing, ema_decay=recipe.ema_decay, ema_warmup=recipe.ema_warmup,
-                        bn_stat_groups=stat_groups or bn_stat_groups(mesh))
+    config = StepConfig(
+        label_smoothing=recipe.smoothing,
+        ema_decay=recipe.ema_decay,
+        ema_warmup=recipe.ema_warmup,
+        bn_stat_groups=stat_groups or bn_stat_groups(mesh),
+    )
     step = make_train_step(graphdef, tx, schedule, config, mesh)
     if mesh is not None:
         state = shard_train_state(state, mesh)

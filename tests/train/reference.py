@@ -49,20 +49,33 @@ class Recipe:
 
     def schedule(self):
         return create_schedule(
-            self.sched, lr=self.lr, epochs=self.epochs, steps_per_epoch=self.updates_per_epoch,
-            warmup_epochs=self.warmup_epochs, warmup_lr=self.warmup_lr, decay_epochs=self.decay_epochs,
-            decay_rate=self.decay_rate, sched_on_updates=True)
+            self.sched,
+            lr=self.lr,
+            epochs=self.epochs,
+            steps_per_epoch=self.updates_per_epoch,
+            warmup_epochs=self.warmup_epochs,
+            warmup_lr=self.warmup_lr,
+            decay_epochs=self.decay_epochs,
+            decay_rate=self.decay_rate,
+            sched_on_updates=True,
+        )
 
     def optax(self, schedule):
-        return create_optimizer('rmsproptf', schedule, weight_decay=self.weight_decay, eps=self.opt_eps,
-                                momentum=self.momentum)
+        return create_optimizer(
+            "rmsproptf", schedule, weight_decay=self.weight_decay, eps=self.opt_eps, momentum=self.momentum
+        )
 
 
 def make_batches(n: int, batch: int, size: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """`n` batches: `image` f32 [batch, size, size, 3] NHWC, `label` int32 [batch]."""
     rng = np.random.default_rng(seed)
-    return [{"image": rng.standard_normal((batch, size, size, 3)).astype(np.float32),
-             "label": rng.integers(0, NUM_CLASSES, batch).astype(np.int32)} for _ in range(n)]
+    return [
+        {
+            "image": rng.standard_normal((batch, size, size, 3)).astype(np.float32),
+            "label": rng.integers(0, NUM_CLASSES, batch).astype(np.int32),
+        }
+        for _ in range(n)
+    ]
 
 
 def tiny_mv2jax(**kwargs) -> MobileNetV2:
@@ -72,8 +85,9 @@ def tiny_mv2jax(**kwargs) -> MobileNetV2:
     return MobileNetV2(arch, num_classes=NUM_CLASSES, rngs=nnx.Rngs(params=0, dropout=1), **kwargs)
 
 
-def mv2jax_train(model: MobileNetV2, batches, recipe: Recipe, *, bn_stat_groups: int = 1, bn_running_stats="mean",
-                 mesh=None):
+def mv2jax_train(
+    model: MobileNetV2, batches, recipe: Recipe, *, bn_stat_groups: int = 1, bn_running_stats="mean", mesh=None
+):
     """The same run through mv2jax's jitted step (on `mesh` if given: state replicated, batch on `data`);
     `bn_stat_groups`, `bn_running_stats` as in `StepConfig`.
 
@@ -82,8 +96,13 @@ def mv2jax_train(model: MobileNetV2, batches, recipe: Recipe, *, bn_stat_groups:
     schedule = recipe.schedule()
     tx = recipe.optax(schedule)
     graphdef, state = create_train_state(model, tx, use_ema=True)
-    config = StepConfig(label_smoothing=recipe.smoothing, ema_decay=recipe.ema_decay, ema_warmup=recipe.ema_warmup,
-                        bn_stat_groups=bn_stat_groups, bn_running_stats=bn_running_stats)
+    config = StepConfig(
+        label_smoothing=recipe.smoothing,
+        ema_decay=recipe.ema_decay,
+        ema_warmup=recipe.ema_warmup,
+        bn_stat_groups=bn_stat_groups,
+        bn_running_stats=bn_running_stats,
+    )
     step = make_train_step(graphdef, tx, schedule, config, mesh)
     if mesh is not None:
         state = shard_train_state(state, mesh)
@@ -116,8 +135,10 @@ class CompileCounter:
 
 def mv2jax_state_dicts(graphdef, state) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(model, EMA) of a train state as timm state dicts."""
-    return (mv2jax_to_timm(model_from_state(graphdef, state)),
-            mv2jax_to_timm(model_from_state(graphdef, state, use_ema=True)))
+    return (
+        mv2jax_to_timm(model_from_state(graphdef, state)),
+        mv2jax_to_timm(model_from_state(graphdef, state, use_ema=True)),
+    )
 
 
 def rel_errors(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray], floor: float = 1e-6) -> dict[str, float]:
@@ -143,8 +164,10 @@ def worst(errors: dict[str, float]) -> tuple[str, float]:
 def global_rel_error(ours, ref) -> float:
     """||a - b|| / ||b|| over all floating leaves of two same-structured pytrees (state dicts, param trees) at
     once (L2, float64): a whole-state measure that a single ill-conditioned tensor does not dominate."""
-    pairs = [(np.asarray(a, np.float64), np.asarray(b, np.float64))
-             for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True)
-             if np.issubdtype(np.asarray(b).dtype, np.floating)]
+    pairs = [
+        (np.asarray(a, np.float64), np.asarray(b, np.float64))
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True)
+        if np.issubdtype(np.asarray(b).dtype, np.floating)
+    ]
     diff = sum(float(np.sum((a - b) ** 2)) for a, b in pairs)
-    return (diff / sum(float(np.sum(b ** 2)) for _, b in pairs)) ** 0.5
+    return (diff / sum(float(np.sum(b**2)) for _, b in pairs)) ** 0.5

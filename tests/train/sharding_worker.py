@@ -53,8 +53,13 @@ def run(tmodel, batches, recipe, mesh, groups, dist_bn="reduce"):
     state))."""
     model = load_timm(tiny_mv2jax(dtype=jnp.float64, param_dtype=jnp.float64), tmodel)
     graphdef, state, metrics, _, recompiles = mv2jax_train(
-        model, batches, recipe, bn_stat_groups=groups, bn_running_stats=dist_bn_running_stats(dist_bn, groups),
-        mesh=mesh)
+        model,
+        batches,
+        recipe,
+        bn_stat_groups=groups,
+        bn_running_stats=dist_bn_running_stats(dist_bn, groups),
+        mesh=mesh,
+    )
     assert recompiles == 0, f"the sharded step compiled {recompiles} more times after its first call"
     return mv2jax_state_dicts(graphdef, state), [float(m["loss"]) for m in metrics], (graphdef, state)
 

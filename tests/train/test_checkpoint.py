@@ -29,12 +29,64 @@ from mv2jax.train.state import TrainState
 REPO = Path(__file__).resolve().parents[2]
 # A tiny run: 4 epochs x 4 updates of 16 digits at 32x32, with everything that carries state across a resume:
 # warmup + step schedule, RMSpropTF, EMA with warmup, dropout + drop path, RandAugment, random erasing, mixup.
-RUN_FLAGS = ["--model", "mobilenetv2_035", "--dataset", "digits", "--img-size", "32", "-b", "16", "-vb", "64",
-             "--epochs", "4", "--steps-per-epoch", "4", "--sched", "step", "--decay-epochs", "1", "--decay-rate", "0.8",
-             "--warmup-epochs", "1", "--warmup-lr", "1e-4", "--opt", "rmsproptf", "--opt-eps", "0.001", "--lr", "0.01",
-             "--weight-decay", "1e-5", "--drop", "0.2", "--drop-path", "0.2", "--model-ema", "--model-ema-decay",
-             "0.99", "--model-ema-warmup", "--aa", "rand-m9-mstd0.5", "--reprob", "0.2", "--mixup", "0.2", "-j", "0",
-             "--conv-impl", "xla", "--log-interval", "2", "--checkpoint-hist", "2", "--seed", "0"]
+RUN_FLAGS = [
+    "--model",
+    "mobilenetv2_035",
+    "--dataset",
+    "digits",
+    "--img-size",
+    "32",
+    "-b",
+    "16",
+    "-vb",
+    "64",
+    "--epochs",
+    "4",
+    "--steps-per-epoch",
+    "4",
+    "--sched",
+    "step",
+    "--decay-epochs",
+    "1",
+    "--decay-rate",
+    "0.8",
+    "--warmup-epochs",
+    "1",
+    "--warmup-lr",
+    "1e-4",
+    "--opt",
+    "rmsproptf",
+    "--opt-eps",
+    "0.001",
+    "--lr",
+    "0.01",
+    "--weight-decay",
+    "1e-5",
+    "--drop",
+    "0.2",
+    "--drop-path",
+    "0.2",
+    "--model-ema",
+    "--model-ema-decay",
+    "0.99",
+    "--model-ema-warmup",
+    "--aa",
+    "rand-m9-mstd0.5",
+    "--reprob",
+    "0.2",
+    "--mixup",
+    "0.2",
+    "-j",
+    "0",
+    "--conv-impl",
+    "xla",
+    "--log-interval",
+    "2",
+    "--checkpoint-hist",
+    "2",
+    "--seed",
+    "0",
+]
 FINAL_STEP = 16
 # Compiled train/eval steps are cached across the test processes (same flags -> same programs).
 COMPILE_CACHE = Path(tempfile.gettempdir()) / "mv2jax-test-compile-cache"
@@ -43,26 +95,38 @@ TIMEOUT = 400
 
 # --- unit tests on a tiny hand-made train state ------------------------------------------------------------------
 
+
 def tiny_state(seed: int = 0, step: int = 0) -> tuple[TrainState, optax.GradientTransformation]:
     rng = np.random.default_rng(seed)
-    params = {"conv": {"weight": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)},
-              "bn": {"weight": jnp.asarray(rng.normal(size=4), jnp.float32)}}
-    batch_stats = {"bn": {"running_mean": jnp.asarray(rng.normal(size=4), jnp.float32),
-                          "num_batches_tracked": jnp.asarray(step, jnp.int32)}}
+    params = {
+        "conv": {"weight": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)},
+        "bn": {"weight": jnp.asarray(rng.normal(size=4), jnp.float32)},
+    }
+    batch_stats = {
+        "bn": {
+            "running_mean": jnp.asarray(rng.normal(size=4), jnp.float32),
+            "num_batches_tracked": jnp.asarray(step, jnp.int32),
+        }
+    }
     rng_state = {"drop": {"rngs": {"key": jax.random.key(seed), "count": jnp.asarray(step, jnp.uint32)}}}
     tx = create_optimizer("rmsproptf", create_schedule("step", lr=0.1, epochs=4, steps_per_epoch=2), eps=1e-3)
     opt_state = tx.init(params)
     for _ in range(step):
         _, opt_state = tx.update(params, opt_state, params)
-    ema = jax.tree.map(lambda x: x + 1 if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                       {"params": params, "batch_stats": batch_stats})
+    ema = jax.tree.map(
+        lambda x: x + 1 if jnp.issubdtype(x.dtype, jnp.floating) else x, {"params": params, "batch_stats": batch_stats}
+    )
     return TrainState(jnp.asarray(step, jnp.int32), params, batch_stats, rng_state, opt_state, ema), tx
 
 
 def leaves(tree) -> dict[str, np.ndarray]:
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {jax.tree_util.keystr(p): np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(
-        getattr(x, "dtype", np.float32), jax.dtypes.prng_key) else x) for p, x in flat}
+    return {
+        jax.tree_util.keystr(p): np.asarray(
+            jax.random.key_data(x) if jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key) else x
+        )
+        for p, x in flat
+    }
 
 
 def assert_trees_equal(a, b) -> None:
@@ -76,8 +140,9 @@ def assert_trees_equal(a, b) -> None:
 def test_save_and_restore_round_trip_every_array_rng_key_meta_and_loader_state(tmp_path):
     ckpt = TrainCheckpointer(tmp_path / "checkpoints", keep_last=3)
     state, _ = tiny_state(seed=1, step=3)
-    assert ckpt.save(state, meta={"model_name": "mobilenetv2_035", "epoch": 1}, data_state={"step": 7},
-                     metrics={"top1": 50.0})
+    assert ckpt.save(
+        state, meta={"model_name": "mobilenetv2_035", "epoch": 1}, data_state={"step": 7}, metrics={"top1": 50.0}
+    )
     assert not ckpt.save(state, meta={}, data_state=None)  # the same step again: nothing to do
     ckpt.close()
     ckpt = TrainCheckpointer(tmp_path / "checkpoints", keep_last=3)  # a fresh manager, as a resuming process has
@@ -85,7 +150,8 @@ def test_save_and_restore_round_trip_every_array_rng_key_meta_and_loader_state(t
     restored = ckpt.restore(3, template)
     assert_trees_equal(restored.state, state)
     assert jax.random.key_impl(restored.state.rng_state["drop"]["rngs"]["key"]) == jax.random.key_impl(
-        state.rng_state["drop"]["rngs"]["key"])
+        state.rng_state["drop"]["rngs"]["key"]
+    )
     assert restored.meta == {"model_name": "mobilenetv2_035", "epoch": 1, "has_ema": True}
     assert restored.data_state == {"step": 7}
     ckpt.close()
@@ -124,10 +190,13 @@ def test_an_optimizer_state_of_another_layout_is_refused_in_one_line_and_no_resu
     ckpt.close()
 
 
-@pytest.mark.parametrize("metric, higher, values, best", [
-    ("top1", True, [50.0, 90.0, 60.0, 70.0, 65.0], 2),
-    ("loss", False, [0.5, 0.1, 0.3, 0.4, 0.2], 2),
-])
+@pytest.mark.parametrize(
+    "metric, higher, values, best",
+    [
+        ("top1", True, [50.0, 90.0, 60.0, 70.0, 65.0], 2),
+        ("loss", False, [0.5, 0.1, 0.3, 0.4, 0.2], 2),
+    ],
+)
 def test_keeps_the_last_n_plus_the_best(tmp_path, metric, higher, values, best):
     ckpt = TrainCheckpointer(tmp_path / "checkpoints", keep_last=2, best_metric=metric, higher_is_better=higher)
     for step, value in enumerate(values, start=1):
@@ -203,6 +272,7 @@ def test_processes_started_inside_the_guard_ignore_sigterm():
 
 # --- exact resume of train.py after SIGTERM and kill -9 ----------------------------------------------------------
 
+
 def _env() -> dict[str, str]:
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return dict(os.environ, PYTHONPATH=path, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(COMPILE_CACHE))
@@ -212,10 +282,24 @@ def launch(run_dir: Path, *extra: str) -> subprocess.Popen:
     """`python train.py RUN_FLAGS` into `run_dir` (stdout/stderr to files there), in its own process group."""
     run_dir.mkdir(parents=True, exist_ok=True)
     n = len(list(run_dir.glob("stdout*")))
-    cmd = [sys.executable, "train.py", *RUN_FLAGS, "--output", str(run_dir.parent), "--experiment", run_dir.name,
-           *extra]
-    return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=open(run_dir / f"stdout{n}", "w"),
-                            stderr=open(run_dir / f"stderr{n}", "w"), start_new_session=True)
+    cmd = [
+        sys.executable,
+        "train.py",
+        *RUN_FLAGS,
+        "--output",
+        str(run_dir.parent),
+        "--experiment",
+        run_dir.name,
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=_env(),
+        stdout=open(run_dir / f"stdout{n}", "w"),
+        stderr=open(run_dir / f"stderr{n}", "w"),
+        start_new_session=True,
+    )
 
 
 def output(run_dir: Path, n: int) -> str:
@@ -256,8 +340,10 @@ def interrupt_after_first_checkpoint(procs: dict[Path, tuple[subprocess.Popen, i
 def final_state(run_dir: Path, step: int = FINAL_STEP) -> dict:
     checkpointer = ocp.StandardCheckpointer()
     directory = run_dir / "checkpoints" / str(step)
-    items = {item: checkpointer.restore(directory / item, local_restore_target(directory / item))
-             for item in ("state", "opt_state", "train")}
+    items = {
+        item: checkpointer.restore(directory / item, local_restore_target(directory / item))
+        for item in ("state", "opt_state", "train")
+    }
     checkpointer.close()
     return items
 
@@ -269,11 +355,13 @@ def resumed_runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("resume")
     dirs = {name: root / name for name in ("reference", "sigterm", "kill9")}
     procs = {name: launch(d, *(["-j", "1"] if name == "sigterm" else [])) for name, d in dirs.items()}
-    first = interrupt_after_first_checkpoint({dirs["sigterm"]: (procs["sigterm"], signal.SIGTERM),
-                                              dirs["kill9"]: (procs["kill9"], signal.SIGKILL)})
+    first = interrupt_after_first_checkpoint(
+        {dirs["sigterm"]: (procs["sigterm"], signal.SIGTERM), dirs["kill9"]: (procs["kill9"], signal.SIGKILL)}
+    )
     codes = {name: wait(p, dirs[name], 0) for name, p in procs.items()}
-    assert codes == {"reference": 0, "sigterm": 0, "kill9": -signal.SIGKILL}, \
-        {n: output(d, 0)[-2000:] for n, d in dirs.items()}
+    assert codes == {"reference": 0, "sigterm": 0, "kill9": -signal.SIGKILL}, {
+        n: output(d, 0)[-2000:] for n, d in dirs.items()
+    }
     assert len(first) == 2
     reruns = {name: launch(dirs[name], *(["-j", "1"] if name == "sigterm" else [])) for name in ("sigterm", "kill9")}
     for name, p in reruns.items():

@@ -14,9 +14,11 @@ from mv2jax.train.config import JAX_MAPPED, QUICK_RUN, TrainConfig, config_from_
 
 REPO = Path(__file__).resolve().parents[2]
 # /work/shared/RECIPE.md's training command, verbatim
-RECIPE = ("--model mobilenetv2_100 -b 384 --sched step --epochs 450 --decay-epochs 2.4 --decay-rate .97 "
-          "--opt rmsproptf --opt-eps .001 -j 8 --warmup-lr 1e-6 --weight-decay 1e-5 --drop 0.2 --drop-path 0.2 "
-          "--model-ema --model-ema-decay 0.9999 --aa rand-m9-mstd0.5 --remode pixel --reprob 0.2 --amp --lr .048")
+RECIPE = (
+    "--model mobilenetv2_100 -b 384 --sched step --epochs 450 --decay-epochs 2.4 --decay-rate .97 "
+    "--opt rmsproptf --opt-eps .001 -j 8 --warmup-lr 1e-6 --weight-decay 1e-5 --drop 0.2 --drop-path 0.2 "
+    "--model-ema --model-ema-decay 0.9999 --aa rand-m9-mstd0.5 --remode pixel --reprob 0.2 --amp --lr .048"
+)
 
 
 def parse(argv: list[str]) -> tuple[TrainConfig, str]:
@@ -26,16 +28,56 @@ def parse(argv: list[str]) -> tuple[TrainConfig, str]:
 
 def test_recipe_command_line_parses_to_the_recipe_and_timm_defaults():
     config, printed = parse(RECIPE.split())
-    given = dict(model="mobilenetv2_100", batch_size=384, sched="step", epochs=450, decay_epochs=2.4, decay_rate=0.97,
-                 opt="rmsproptf", opt_eps=0.001, workers=8, warmup_lr=1e-6, weight_decay=1e-5, drop=0.2,
-                 drop_path=0.2, model_ema=True, model_ema_decay=0.9999, aa="rand-m9-mstd0.5", remode="pixel",
-                 reprob=0.2, amp=True, lr=0.048)
+    given = dict(
+        model="mobilenetv2_100",
+        batch_size=384,
+        sched="step",
+        epochs=450,
+        decay_epochs=2.4,
+        decay_rate=0.97,
+        opt="rmsproptf",
+        opt_eps=0.001,
+        workers=8,
+        warmup_lr=1e-6,
+        weight_decay=1e-5,
+        drop=0.2,
+        drop_path=0.2,
+        model_ema=True,
+        model_ema_decay=0.9999,
+        aa="rand-m9-mstd0.5",
+        remode="pixel",
+        reprob=0.2,
+        amp=True,
+        lr=0.048,
+    )
     # RECIPE.md's "timm defaults that apply", plus the rest of timm train.py's defaults the recipe relies on
-    defaults = dict(warmup_epochs=5, smoothing=0.1, train_interpolation="random", scale=(0.08, 1.0),
-                    ratio=(3 / 4, 4 / 3), hflip=0.5, momentum=0.9, dist_bn="reduce", sync_bn=False,
-                    sched_on_updates=False, model_ema_warmup=False, warmup_prefix=False, cooldown_epochs=0,
-                    min_lr=0.0, color_jitter=0.4, recount=1, mixup=0.0, cutmix=0.0, seed=42, clip_grad=None,
-                    checkpoint_hist=10, eval_metric="top1", log_interval=50, lr_base=0.1, lr_base_size=256)
+    defaults = dict(
+        warmup_epochs=5,
+        smoothing=0.1,
+        train_interpolation="random",
+        scale=(0.08, 1.0),
+        ratio=(3 / 4, 4 / 3),
+        hflip=0.5,
+        momentum=0.9,
+        dist_bn="reduce",
+        sync_bn=False,
+        sched_on_updates=False,
+        model_ema_warmup=False,
+        warmup_prefix=False,
+        cooldown_epochs=0,
+        min_lr=0.0,
+        color_jitter=0.4,
+        recount=1,
+        mixup=0.0,
+        cutmix=0.0,
+        seed=42,
+        clip_grad=None,
+        checkpoint_hist=10,
+        eval_metric="top1",
+        log_interval=50,
+        lr_base=0.1,
+        lr_base_size=256,
+    )
     for name, value in {**given, **defaults}.items():
         assert getattr(config, name) == (pytest.approx(value) if isinstance(value, float) else value), name
     assert config.drop_path_rate == 0.2
@@ -43,14 +85,31 @@ def test_recipe_command_line_parses_to_the_recipe_and_timm_defaults():
 
 
 def test_jax_meaningless_flags_are_accepted_and_print_one_mapping_line_each():
-    flags = ["--channels-last", "--pin-mem", "--no-prefetcher", "--torchscript", "--fuser", "te", "--amp-dtype",
-             "bfloat16", "--amp-impl", "apex", "--model-ema-force-cpu", "--local_rank", "1", "--device", "cuda:0",
-             "--grad-accum-steps", "1"]
+    flags = [
+        "--channels-last",
+        "--pin-mem",
+        "--no-prefetcher",
+        "--torchscript",
+        "--fuser",
+        "te",
+        "--amp-dtype",
+        "bfloat16",
+        "--amp-impl",
+        "apex",
+        "--model-ema-force-cpu",
+        "--local_rank",
+        "1",
+        "--device",
+        "cuda:0",
+        "--grad-accum-steps",
+        "1",
+    ]
     config, printed = parse(RECIPE.split() + flags)
     lines = printed.splitlines()
     expected = [f for f in flags if f.startswith("--")]
-    assert [line.split(":")[0] for line in lines] == [n for n in (e.names[0] for e in JAX_MAPPED.values())
-                                                      if n in expected]
+    assert [line.split(":")[0] for line in lines] == [
+        n for n in (e.names[0] for e in JAX_MAPPED.values()) if n in expected
+    ]
     assert "--channels-last: mv2jax is always NHWC" in lines
     assert any(line.startswith("--amp-dtype: ") and "bfloat16" in line for line in lines)
     assert config == parse(RECIPE.split())[0]  # they change nothing
@@ -63,12 +122,15 @@ def test_unknown_flag_is_an_argparse_error(capsys):
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, names", [
-    (["--lr-noise", "0.4", "0.9"], "--lr-noise"),
-    (["--bce-loss"], "--bce-loss"),
-    (["--grad-accum-steps", "4"], "--grad-accum-steps"),
-    (["--sched", "plateau"], "--sched"),
-])
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["--lr-noise", "0.4", "0.9"], "--lr-noise"),
+        (["--bce-loss"], "--bce-loss"),
+        (["--grad-accum-steps", "4"], "--grad-accum-steps"),
+        (["--sched", "plateau"], "--sched"),
+    ],
+)
 def test_timm_flags_mv2jax_does_not_implement_are_errors_naming_the_flag(argv, names, capsys):
     with pytest.raises(SystemExit) as e:
         parse(argv)
@@ -78,11 +140,26 @@ def test_timm_flags_mv2jax_does_not_implement_are_errors_naming_the_flag(argv, n
 
 def test_yaml_values_are_defaults_and_the_command_line_wins(tmp_path):
     path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump({"batch_size": 32, "lr": 0.5, "model_ema": True, "scale": [0.5, 1.0],
-                                    "opt": "rmsproptf", "channels_last": True}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "batch_size": 32,
+                "lr": 0.5,
+                "model_ema": True,
+                "scale": [0.5, 1.0],
+                "opt": "rmsproptf",
+                "channels_last": True,
+            }
+        )
+    )
     config, printed = parse(["--config", str(path), "--lr", "0.1", "--batch-size", "8"])
-    assert (config.batch_size, config.lr, config.model_ema, config.scale, config.opt) == (8, 0.1, True,
-                                                                                          (0.5, 1.0), "rmsproptf")
+    assert (config.batch_size, config.lr, config.model_ema, config.scale, config.opt) == (
+        8,
+        0.1,
+        True,
+        (0.5, 1.0),
+        "rmsproptf",
+    )
     assert printed.startswith("--channels-last: ")  # a mapped flag set in the file prints its note too
     short, _ = parse(["-c", str(path)])
     assert (short.batch_size, short.lr) == (32, 0.5)
@@ -124,10 +201,12 @@ def test_aliases_map_to_timm_dest_names():
 
 
 def test_help_needs_no_jax():
-    code = ("import sys; sys.argv = ['train.py', '--help']; import runpy\n"
-            "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
-            "except SystemExit as e:\n    assert e.code == 0\n"
-            "assert 'jax' not in sys.modules, 'parsing imported jax'\n")
+    code = (
+        "import sys; sys.argv = ['train.py', '--help']; import runpy\n"
+        "try:\n    runpy.run_path('train.py', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert e.code == 0\n"
+        "assert 'jax' not in sys.modules, 'parsing imported jax'\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "--model-ema-decay" in done.stdout and "--channels-last" in done.stdout

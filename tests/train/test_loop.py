@@ -72,8 +72,14 @@ def test_summary_rows_are_what_timms_update_summary_writes(short_run, tmp_path):
     from timm.utils import update_summary
 
     for rec in epoch_records(short_run):
-        update_summary(rec["epoch"], {"loss": rec["train_loss"]}, rec["eval_ema"], tmp_path / "timm.csv",
-                       lr=rec["lr"], write_header=rec["epoch"] == 0)
+        update_summary(
+            rec["epoch"],
+            {"loss": rec["train_loss"]},
+            rec["eval_ema"],
+            tmp_path / "timm.csv",
+            lr=rec["lr"],
+            write_header=rec["epoch"] == 0,
+        )
     assert (short_run / "summary.csv").read_text() == (tmp_path / "timm.csv").read_text()
 
 
@@ -95,8 +101,9 @@ def test_final_ema_checkpoint_loads_into_timm_and_scores_the_reported_top1(short
     step_dir = short_run / "checkpoints" / str(FINAL_STEP)
     _, meta = read_orbax(step_dir)
     model = timm.create_model(meta["model_name"], num_classes=meta["num_classes"]).eval()
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in
-                           read_checkpoint(step_dir, use_ema=True).items()}, strict=True)
+    model.load_state_dict(
+        {k: torch.from_numpy(np.array(v)) for k, v in read_checkpoint(step_dir, use_ema=True).items()}, strict=True
+    )
     data_config = meta["data_config"]
     transform = create_transform(**{k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()})
     dataset = create_dataset("digits", None, "validation", image_size=data_config["input_size"][-1])

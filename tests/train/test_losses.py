@@ -24,7 +24,7 @@ def batch(seed=0):
     return logits, labels, targets
 
 
-@pytest.mark.parametrize('smoothing', [0.0, 0.1, 0.4])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.4])
 def test_label_smoothing_ce_equals_timm(smoothing):
     logits, labels, _ = batch()
     expected = LabelSmoothingCrossEntropy(smoothing)(torch.from_numpy(logits), torch.from_numpy(labels)).item()
@@ -52,10 +52,10 @@ def test_bf16_logits_give_float32_loss_of_the_upcast_logits():
 
 
 def test_float64_logits_give_float64_loss_equal_to_timm_float64():
-    logits, labels, targets = (x.astype(np.float64) if x.dtype.kind == 'f' else x for x in batch())
+    logits, labels, targets = (x.astype(np.float64) if x.dtype.kind == "f" else x for x in batch())
     mask = (np.arange(B) < 11).astype(np.float64)
     with jax.enable_x64(True):
-        hard = label_smoothing_cross_entropy(jnp.asarray(logits), labels, weights=mask, reduction='sum')
+        hard = label_smoothing_cross_entropy(jnp.asarray(logits), labels, weights=mask, reduction="sum")
         soft = soft_target_cross_entropy(jnp.asarray(logits), jnp.asarray(targets))
     assert hard.dtype == soft.dtype == jnp.float64
     t_logits = torch.from_numpy(logits)
@@ -70,14 +70,15 @@ def test_weights_mask_padded_examples():
     n_real = 11
     mask = (np.arange(B) < n_real).astype(np.float32)
     expected = LabelSmoothingCrossEntropy(0.1)(
-        torch.from_numpy(logits[:n_real]), torch.from_numpy(labels[:n_real])).item()
+        torch.from_numpy(logits[:n_real]), torch.from_numpy(labels[:n_real])
+    ).item()
     assert float(label_smoothing_cross_entropy(logits, labels, weights=mask)) == pytest.approx(expected, rel=1e-6)
     expected = SoftTargetCrossEntropy()(torch.from_numpy(logits[:n_real]), torch.from_numpy(targets[:n_real]))
     got = soft_target_cross_entropy(logits, targets, weights=mask)
     assert float(got) == pytest.approx(expected.item(), rel=1e-6)
-    per_example = label_smoothing_cross_entropy(logits, labels, weights=mask, reduction='none')
+    per_example = label_smoothing_cross_entropy(logits, labels, weights=mask, reduction="none")
     assert per_example.shape == (B,) and np.all(np.asarray(per_example[n_real:]) == 0)
-    total = label_smoothing_cross_entropy(logits, labels, weights=mask, reduction='sum')
+    total = label_smoothing_cross_entropy(logits, labels, weights=mask, reduction="sum")
     assert float(total) == pytest.approx(expected_sum(logits, labels, n_real), rel=1e-6)
     assert float(label_smoothing_cross_entropy(logits, labels, weights=np.zeros(B))) == 0.0
 
@@ -91,4 +92,4 @@ def test_invalid_smoothing_and_reduction_raise():
     with pytest.raises(ValueError):
         label_smoothing_cross_entropy(logits, labels, smoothing=1.0)
     with pytest.raises(ValueError):
-        label_smoothing_cross_entropy(logits, labels, reduction='max')
+        label_smoothing_cross_entropy(logits, labels, reduction="max")

@@ -30,8 +30,9 @@ def launch(tmp_path: Path) -> list[tuple[subprocess.Popen, Path]]:
     for pid in range(NUM_PROCESSES):
         out = tmp_path / f"process{pid}.npz"
         cmd = [sys.executable, str(WORKER), f"127.0.0.1:{port}", str(NUM_PROCESSES), str(pid), str(out)]
-        procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True), out))
+        procs.append(
+            (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), out)
+        )
     return procs
 
 

@@ -20,10 +20,40 @@ import portpicker
 from mv2jax.convert import read_orbax
 from tests.train.test_checkpoint import REPO, _env, final_state, leaves
 
-FLAGS = ["--model", "mobilenetv2_035", "--dataset", "digits", "--img-size", "32", "-vb", "64", "--epochs", "2",
-         "--steps-per-epoch", "2", "--opt", "momentum", "--lr", "0", "--warmup-epochs", "0", "--model-ema",
-         "--model-ema-decay", "0.99", "--sync-bn", "--reprob", "0.2", "-j", "0", "--conv-impl", "xla",
-         "--log-interval", "1", "--seed", "0"]
+FLAGS = [
+    "--model",
+    "mobilenetv2_035",
+    "--dataset",
+    "digits",
+    "--img-size",
+    "32",
+    "-vb",
+    "64",
+    "--epochs",
+    "2",
+    "--steps-per-epoch",
+    "2",
+    "--opt",
+    "momentum",
+    "--lr",
+    "0",
+    "--warmup-epochs",
+    "0",
+    "--model-ema",
+    "--model-ema-decay",
+    "0.99",
+    "--sync-bn",
+    "--reprob",
+    "0.2",
+    "-j",
+    "0",
+    "--conv-impl",
+    "xla",
+    "--log-interval",
+    "1",
+    "--seed",
+    "0",
+]
 GLOBAL_BATCH, STEPS = 16, 4
 TIMEOUT = 400
 LOSS_RTOL = 1e-5  # measured ~2e-6
@@ -40,8 +70,21 @@ def _train(output, name, *extra) -> list[subprocess.Popen]:
 def test_two_processes_train_like_one_process_with_the_same_global_batch(tmp_path):
     single = _train(tmp_path, "single", "-b", str(GLOBAL_BATCH))
     address = f"127.0.0.1:{portpicker.pick_unused_port()}"
-    pair = [_train(tmp_path, "pair", "-b", str(GLOBAL_BATCH // 2), "--num-processes", "2", "--coordinator-address",
-                   address, "--process-id", str(i)) for i in range(2)]
+    pair = [
+        _train(
+            tmp_path,
+            "pair",
+            "-b",
+            str(GLOBAL_BATCH // 2),
+            "--num-processes",
+            "2",
+            "--coordinator-address",
+            address,
+            "--process-id",
+            str(i),
+        )
+        for i in range(2)
+    ]
     for proc in [single, *pair]:
         out, _ = proc.communicate(timeout=TIMEOUT)
         assert proc.returncode == 0, out[-3000:]

@@ -29,7 +29,7 @@ class Tiny(torch.nn.Module):
         self.pos_embed = torch.nn.Parameter(torch.randn(1, 2, 4))
 
     def no_weight_decay(self):
-        return {'pos_embed'}
+        return {"pos_embed"}
 
 
 def tiny_model() -> torch.nn.Module:
@@ -48,7 +48,7 @@ def names_by_param(model: torch.nn.Module) -> dict[int, str]:
 def run_timm(model, optimizer, grads, lrs, clip=None):
     for step in range(len(grads)):
         for group in optimizer.param_groups:
-            group['lr'] = lrs[step]
+            group["lr"] = lrs[step]
         for n, p in model.named_parameters():
             p.grad = torch.from_numpy(grads[step][n].copy())
         if clip is not None:
@@ -91,12 +91,12 @@ def schedule_of(lrs):
 
 def test_weight_decay_mask_is_timm_grouping_by_name():
     model = tiny_model()
-    optimizer = create_optimizer_v2(model, 'rmsproptf', lr=0.01, weight_decay=WEIGHT_DECAY)
+    optimizer = create_optimizer_v2(model, "rmsproptf", lr=0.01, weight_decay=WEIGHT_DECAY)
     names = names_by_param(model)
-    timm_decayed = {names[id(p)] for g in optimizer.param_groups if g['weight_decay'] > 0 for p in g['params']}
+    timm_decayed = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     params = {n: p.detach().numpy() for n, p in model.named_parameters()}
     mask = weight_decay_mask(params, no_weight_decay=model.no_weight_decay())
-    assert {n for n, m in mask.items() if m} == timm_decayed == {'conv.weight', 'fc.weight'}
+    assert {n for n, m in mask.items() if m} == timm_decayed == {"conv.weight", "fc.weight"}
 
 
 def test_weight_decay_mask_names_nested_nnx_paths():
@@ -116,23 +116,25 @@ def test_weight_decay_mask_names_nested_nnx_paths():
             self.blocks = nnx.List([Layer(4, 2)])
 
     params = nnx.state(M(), nnx.Param)
-    mask = weight_decay_mask(params, no_weight_decay=('blocks.0.*',))
-    flat = {'.'.join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(mask)}
-    assert {k for k, v in flat.items() if v} == {'conv.kernel'}
+    mask = weight_decay_mask(params, no_weight_decay=("blocks.0.*",))
+    flat = {".".join(map(str, k)): v.get_value() for k, v in nnx.to_flat_state(mask)}
+    assert {k for k, v in flat.items() if v} == {"conv.kernel"}
     optax.masked(optax.add_decayed_weights(0.1), mask).init(params)  # mask structure fits the params
 
 
-@pytest.mark.parametrize('centered', [False, True])
+@pytest.mark.parametrize("centered", [False, True])
 def test_rmsprop_tf_matches_timm_with_lr_changing_every_step(centered):
     model = tiny_model()
     params, grads, lrs = random_problem(model)
     optimizer = create_optimizer_v2(
-        model, 'rmsproptf', lr=0.01, weight_decay=WEIGHT_DECAY, eps=1e-3, momentum=0.9, centered=centered)
+        model, "rmsproptf", lr=0.01, weight_decay=WEIGHT_DECAY, eps=1e-3, momentum=0.9, centered=centered
+    )
     expected = run_timm(model, optimizer, grads, lrs)
     with jax.enable_x64(True):
         mask = weight_decay_mask(params, no_weight_decay=model.no_weight_decay())
-        tx = rmsprop_tf(schedule_of(lrs), eps=1e-3, momentum=0.9, weight_decay=WEIGHT_DECAY, mask=mask,
-                        centered=centered)
+        tx = rmsprop_tf(
+            schedule_of(lrs), eps=1e-3, momentum=0.9, weight_decay=WEIGHT_DECAY, mask=mask, centered=centered
+        )
         got = run_optax(tx, params, grads)
     err = max_rel_err(got, expected, params)
     assert err < 1e-10, err
@@ -140,8 +142,10 @@ def test_rmsprop_tf_matches_timm_with_lr_changing_every_step(centered):
 
 def rmsprop_variant(lrs, mask, eps_in_sqrt=True, initial_scale=1.0, lr_in_buffer=True):
     """RMSpropTF with one detail changed, to show the parity test above detects each detail."""
-    parts = [optax.add_decayed_weights(WEIGHT_DECAY, mask),
-             optax.scale_by_rms(0.9, 1e-3, initial_scale=initial_scale, eps_in_sqrt=eps_in_sqrt)]
+    parts = [
+        optax.add_decayed_weights(WEIGHT_DECAY, mask),
+        optax.scale_by_rms(0.9, 1e-3, initial_scale=initial_scale, eps_in_sqrt=eps_in_sqrt),
+    ]
     if lr_in_buffer:
         parts += [optax.scale_by_schedule(schedule_of(lrs)), optax.trace(0.9), optax.scale(-1.0)]
     else:
@@ -149,30 +153,36 @@ def rmsprop_variant(lrs, mask, eps_in_sqrt=True, initial_scale=1.0, lr_in_buffer
     return optax.chain(*parts)
 
 
-@pytest.mark.parametrize('change', ['eps_outside_sqrt', 'square_avg_init_zero', 'lr_outside_momentum'])
+@pytest.mark.parametrize("change", ["eps_outside_sqrt", "square_avg_init_zero", "lr_outside_momentum"])
 def test_each_rmsprop_tf_detail_is_detected(change):
     model = tiny_model()
     params, grads, lrs = random_problem(model)
-    optimizer = create_optimizer_v2(model, 'rmsproptf', lr=0.01, weight_decay=WEIGHT_DECAY, eps=1e-3)
+    optimizer = create_optimizer_v2(model, "rmsproptf", lr=0.01, weight_decay=WEIGHT_DECAY, eps=1e-3)
     expected = run_timm(model, optimizer, grads, lrs)
-    kwargs = {'eps_outside_sqrt': dict(eps_in_sqrt=False), 'square_avg_init_zero': dict(initial_scale=0.0),
-              'lr_outside_momentum': dict(lr_in_buffer=False)}[change]
+    kwargs = {
+        "eps_outside_sqrt": dict(eps_in_sqrt=False),
+        "square_avg_init_zero": dict(initial_scale=0.0),
+        "lr_outside_momentum": dict(lr_in_buffer=False),
+    }[change]
     with jax.enable_x64(True):
         mask = weight_decay_mask(params, no_weight_decay=model.no_weight_decay())
         got = run_optax(rmsprop_variant(lrs, mask, **kwargs), params, grads)
     assert max_rel_err(got, expected, params) > 1e-4
 
 
-@pytest.mark.parametrize('opt,kwargs,clip', [
-    ('rmsproptf', dict(eps=1e-3), None),
-    ('rmsproptf', dict(), None),  # timm's RMSpropTF default eps (1e-10)
-    ('sgd', dict(), None),
-    ('momentum', dict(momentum=0.8), None),
-    ('adamw', dict(betas=(0.8, 0.99), eps=1e-6), None),
-    ('rmsproptf', dict(eps=1e-3), (0.05, 'norm')),  # train.py --clip-grad (clips most steps at this scale)
-    ('sgd', dict(), (0.003, 'value')),
-])
-@pytest.mark.parametrize('pack', [True, False])
+@pytest.mark.parametrize(
+    "opt,kwargs,clip",
+    [
+        ("rmsproptf", dict(eps=1e-3), None),
+        ("rmsproptf", dict(), None),  # timm's RMSpropTF default eps (1e-10)
+        ("sgd", dict(), None),
+        ("momentum", dict(momentum=0.8), None),
+        ("adamw", dict(betas=(0.8, 0.99), eps=1e-6), None),
+        ("rmsproptf", dict(eps=1e-3), (0.05, "norm")),  # train.py --clip-grad (clips most steps at this scale)
+        ("sgd", dict(), (0.003, "value")),
+    ],
+)
+@pytest.mark.parametrize("pack", [True, False])
 def test_create_optimizer_matches_timm_factory(opt, kwargs, clip, pack):
     model = tiny_model()
     params, grads, lrs = random_problem(model)
@@ -180,17 +190,31 @@ def test_create_optimizer_matches_timm_factory(opt, kwargs, clip, pack):
     expected = run_timm(model, optimizer, grads, lrs, clip=clip)
     with jax.enable_x64(True):
         clip_args = dict(clip_grad=clip[0], clip_mode=clip[1]) if clip else {}
-        tx = create_optimizer(opt, schedule_of(lrs), weight_decay=WEIGHT_DECAY,
-                              no_weight_decay=model.no_weight_decay(), pack=pack, **kwargs, **clip_args)
+        tx = create_optimizer(
+            opt,
+            schedule_of(lrs),
+            weight_decay=WEIGHT_DECAY,
+            no_weight_decay=model.no_weight_decay(),
+            pack=pack,
+            **kwargs,
+            **clip_args,
+        )
         got = run_optax(tx, params, grads)
     err = max_rel_err(got, expected, params)
     assert err < 1e-10, err
 
 
-@pytest.mark.parametrize('opt,bad', [
-    ('sgd', dict(eps=1e-3)), ('adamw', dict(momentum=0.9)), ('sgd', dict(betas=(0.9, 0.99))),
-    ('rmsproptf', dict(foreach=True)), ('rmsproptf', dict(decoupled_decay=True)), ('adamw', dict(amsgrad=True)),
-])
+@pytest.mark.parametrize(
+    "opt,bad",
+    [
+        ("sgd", dict(eps=1e-3)),
+        ("adamw", dict(momentum=0.9)),
+        ("sgd", dict(betas=(0.9, 0.99))),
+        ("rmsproptf", dict(foreach=True)),
+        ("rmsproptf", dict(decoupled_decay=True)),
+        ("adamw", dict(amsgrad=True)),
+    ],
+)
 def test_create_optimizer_refuses_arguments_it_would_drop(opt, bad):
     with pytest.raises((ValueError, TypeError)):
         create_optimizer(opt, 0.1, **bad)
@@ -198,22 +222,22 @@ def test_create_optimizer_refuses_arguments_it_would_drop(opt, bad):
 
 def test_unknown_optimizer_and_clip_mode_raise():
     with pytest.raises(ValueError):
-        create_optimizer('lookahead_rmsproptf', 0.1)
+        create_optimizer("lookahead_rmsproptf", 0.1)
     with pytest.raises(ValueError):
-        create_optimizer('sgd', 0.1, clip_grad=1.0, clip_mode='agc')
+        create_optimizer("sgd", 0.1, clip_grad=1.0, clip_mode="agc")
 
 
 def test_packed_state_is_two_vectors_and_its_offsets():
     """The default (packed) optimizer keeps its buffers as one vector per weight-decay group, with constant
     int32 offsets of each leaf; a parameter tree it was not initialised for is refused."""
-    params = {'a': jnp.ones((3, 2)), 'b': jnp.ones((4,)), 'c': jnp.ones((1, 1, 2, 5))}
-    tx = create_optimizer('rmsproptf', 0.1, weight_decay=1e-5, eps=1e-3)
+    params = {"a": jnp.ones((3, 2)), "b": jnp.ones((4,)), "c": jnp.ones((1, 1, 2, 5))}
+    tx = create_optimizer("rmsproptf", 0.1, weight_decay=1e-5, eps=1e-3)
     state = tx.init(params)
     assert isinstance(state, PackedState)
-    nu = optax.tree_utils.tree_get(state, 'nu')
-    assert {k: v.shape for k, v in nu.items()} == {'decay': (16,), 'no_decay': (4,)}  # 'b' is 1-D: no decay
+    nu = optax.tree_utils.tree_get(state, "nu")
+    assert {k: v.shape for k, v in nu.items()} == {"decay": (16,), "no_decay": (4,)}  # 'b' is 1-D: no decay
     assert [int(o) for o in state.offsets] == [0, 0, 6]
     updates, state = jax.jit(tx.update)(params, state, params)
     assert jax.tree.map(jnp.shape, updates) == jax.tree.map(jnp.shape, params)
-    with pytest.raises(ValueError, match='initialise the optimizer with these parameters'):
-        tx.update({'a': params['a']}, state, {'a': params['a']})
+    with pytest.raises(ValueError, match="initialise the optimizer with these parameters"):
+        tx.update({"a": params["a"]}, state, {"a": params["a"]})

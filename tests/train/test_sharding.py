@@ -36,13 +36,15 @@ TOL_F64 = 1e-9
 @pytest.fixture(scope="module")
 def eight_devices() -> dict:
     """Run sharding_worker.py with 8 host devices; its measured errors."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, str(WORKER)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO)
+    )
+    proc = subprocess.run(
+        [sys.executable, str(WORKER)], cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
-    result = json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT ") :])
     print(result)
     return result
 

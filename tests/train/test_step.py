@@ -56,14 +56,20 @@ def float64_run(request, tmp_path_factory):
         return
     log = tmp_path_factory.mktemp("float64") / "worker.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(FLOAT64_WORKER)], cwd=REPO, env=dict(os.environ,
-                                PYTHONPATH=str(REPO)), stdout=out, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(FLOAT64_WORKER)],
+            cwd=REPO,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def result() -> dict:
         proc.wait(timeout=TIMEOUT_S)
         text = log.read_text()
         assert proc.returncode == 0, text[-4000:]
-        return json.loads(next(ln for ln in text.splitlines() if ln.startswith("RESULT "))[len("RESULT "):])
+        return json.loads(next(ln for ln in text.splitlines() if ln.startswith("RESULT "))[len("RESULT ") :])
 
     yield result
     if proc.poll() is None:
@@ -81,9 +87,16 @@ def tiny_fp32(batches):
     """The tiny network trained 5 steps in float32 by mv2jax, and timm's float32 / float64 runs of it."""
     tmodel = tiny_timm()
     graphdef, state, metrics, step, recompiles = mv2jax_train(load_timm(tiny_mv2jax(), tmodel), batches, RECIPE)
-    return dict(tmodel=tmodel, graphdef=graphdef, state=state, metrics=metrics, step=step, recompiles=recompiles,
-                timm64=timm_train(tmodel, batches, RECIPE, torch.float64),
-                timm32=timm_train(tmodel, batches, RECIPE, torch.float32))
+    return dict(
+        tmodel=tmodel,
+        graphdef=graphdef,
+        state=state,
+        metrics=metrics,
+        step=step,
+        recompiles=recompiles,
+        timm64=timm_train(tmodel, batches, RECIPE, torch.float64),
+        timm32=timm_train(tmodel, batches, RECIPE, torch.float32),
+    )
 
 
 def test_float32_error_within_twice_timms_own(tiny_fp32):
@@ -91,8 +104,10 @@ def test_float32_error_within_twice_timms_own(tiny_fp32):
     (ref, ref_ema, *_), (t32, t32_ema, *_) = tiny_fp32["timm64"], tiny_fp32["timm32"]
     for what, a, b, t in (("model", ours, ref, t32), ("ema", ours_ema, ref_ema, t32_ema)):
         ours_err, timm_err = global_rel_error(a, b), global_rel_error(t, b)
-        print(f"{what}: float32 vs timm float64, L2 over the state: mv2jax {ours_err:.2e}, timm {timm_err:.2e}; "
-              f"worst tensor: mv2jax {worst(rel_errors(a, b))}, timm {worst(rel_errors(t, b))}")
+        print(
+            f"{what}: float32 vs timm float64, L2 over the state: mv2jax {ours_err:.2e}, timm {timm_err:.2e}; "
+            f"worst tensor: mv2jax {worst(rel_errors(a, b))}, timm {worst(rel_errors(t, b))}"
+        )
         assert ours_err <= 2 * timm_err
 
 
@@ -136,8 +151,12 @@ def test_eval_step_matches_timm_validate_for_raw_and_ema_weights(tiny_fp32, batc
     for use_ema in (False, True):
         weights = state.ema if use_ema else ema_variables(state.params, state.batch_stats)
         tmodel = tiny_timm()
-        tmodel.load_state_dict({k: torch.from_numpy(v) for k, v in
-                                mv2jax_to_timm(model_from_state(graphdef, state, use_ema=use_ema)).items()})
+        tmodel.load_state_dict(
+            {
+                k: torch.from_numpy(v)
+                for k, v in mv2jax_to_timm(model_from_state(graphdef, state, use_ema=use_ema)).items()
+            }
+        )
         with torch.no_grad():
             logits = tmodel.eval()(to_torch(image, torch.float32))[:5]
         label = np.asarray(logits.argmax(-1))
@@ -147,8 +166,9 @@ def test_eval_step_matches_timm_validate_for_raw_and_ema_weights(tiny_fp32, batc
         target = torch.from_numpy(label)
         top1, top5 = accuracy(logits, target, topk=(1, 5))
         assert float(out["count"]) == 5
-        np.testing.assert_allclose(float(out["loss_sum"]) / 5,
-                                   torch.nn.functional.cross_entropy(logits, target).item(), rtol=1e-5)
+        np.testing.assert_allclose(
+            float(out["loss_sum"]) / 5, torch.nn.functional.cross_entropy(logits, target).item(), rtol=1e-5
+        )
         assert 100 * float(out["top1"]) / 5 == pytest.approx(top1.item())
         assert 100 * float(out["top5"]) / 5 == pytest.approx(top5.item())
 
@@ -157,8 +177,9 @@ def test_amp_bfloat16_compute_float32_params_error_within_twice_timm_autocast(ti
     """`--amp`: bfloat16 compute, float32 params and loss. The parameter change over 5 steps is compared with
     timm float64's; the error must stay within 2x that of timm under `torch.autocast(bfloat16)`."""
     tmodel = tiny_fp32["tmodel"]
-    graphdef, state, metrics, step, _ = mv2jax_train(load_timm(tiny_mv2jax(dtype=jnp.bfloat16), tmodel), batches,
-                                                     RECIPE)
+    graphdef, state, metrics, step, _ = mv2jax_train(
+        load_timm(tiny_mv2jax(dtype=jnp.bfloat16), tmodel), batches, RECIPE
+    )
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
     assert all(m["loss"].dtype == np.float32 and m["finite"] for m in metrics)
     hlo = step.lower(state, batches[0]).as_text().splitlines()
@@ -168,16 +189,20 @@ def test_amp_bfloat16_compute_float32_params_error_within_twice_timm_autocast(ti
     ours, _ = mv2jax_state_dicts(graphdef, state)
     change = lambda sd: {k: np.float64(sd[k]) - initial[k] for k, _ in tmodel.named_parameters()}  # noqa: E731
     ours_err, timm_err = global_rel_error(change(ours), change(ref)), global_rel_error(change(timm_amp), change(ref))
-    print(f"bfloat16 vs timm float64, parameter change over {STEPS} steps: mv2jax {ours_err:.3f}, "
-          f"timm autocast {timm_err:.3f}")
+    print(
+        f"bfloat16 vs timm float64, parameter change over {STEPS} steps: mv2jax {ours_err:.3f}, "
+        f"timm autocast {timm_err:.3f}"
+    )
     assert ours_err <= 2 * timm_err
 
 
 # last in the file: the float64 worker started with the module runs while the tests above do
 def test_five_steps_equal_timm_in_float64(float64_run):
     result = float64_run()
-    print(f"float64, {STEPS} steps of mobilenetv2_035: params+BN {result['model']}, EMA {result['ema']}; "
-          f"training moved the state by {result['moved']:.1e}")
+    print(
+        f"float64, {STEPS} steps of mobilenetv2_035: params+BN {result['model']}, EMA {result['ema']}; "
+        f"training moved the state by {result['moved']:.1e}"
+    )
     assert result["dtype"] == "float64"
     # worst relative error of any tensor; measured 2.4e-10 (model), 1.8e-10 (EMA): the loss is float64 too
     assert result["model"][1] < 1e-8 and result["ema"][1] < 1e-8

@@ -28,9 +28,14 @@ def tiny_timm() -> torch.nn.Module:
     torch.manual_seed(0)
     round_fn = partial(round_channels, multiplier=TINY_MULTIPLIER)
     return EfficientNet(
-        block_args=decode_arch_def([[s] for s in TINY_STAGES]), num_features=max(1280, round_fn(1280)),
-        stem_size=32, round_chs_fn=round_fn, norm_layer=torch.nn.BatchNorm2d, act_layer=torch.nn.ReLU6,
-        num_classes=NUM_CLASSES)
+        block_args=decode_arch_def([[s] for s in TINY_STAGES]),
+        num_features=max(1280, round_fn(1280)),
+        stem_size=32,
+        round_chs_fn=round_fn,
+        norm_layer=torch.nn.BatchNorm2d,
+        act_layer=torch.nn.ReLU6,
+        num_classes=NUM_CLASSES,
+    )
 
 
 def timm_named(name: str) -> torch.nn.Module:
@@ -54,14 +59,28 @@ def to_torch(image_nhwc: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
 def timm_scheduler(recipe: Recipe, optimizer):
     """timm's scheduler for `recipe`, created as train.py does with `--sched-on-updates`."""
     sched, _ = create_scheduler_v2(
-        optimizer, sched=recipe.sched, num_epochs=recipe.epochs, decay_epochs=recipe.decay_epochs,
-        decay_rate=recipe.decay_rate, warmup_lr=recipe.warmup_lr, warmup_epochs=recipe.warmup_epochs,
-        step_on_epochs=False, updates_per_epoch=recipe.updates_per_epoch)
+        optimizer,
+        sched=recipe.sched,
+        num_epochs=recipe.epochs,
+        decay_epochs=recipe.decay_epochs,
+        decay_rate=recipe.decay_rate,
+        warmup_lr=recipe.warmup_lr,
+        warmup_epochs=recipe.warmup_epochs,
+        step_on_epochs=False,
+        updates_per_epoch=recipe.updates_per_epoch,
+    )
     return sched
 
 
-def timm_train(tmodel: torch.nn.Module, batches, recipe: Recipe, dtype=torch.float64, replicas: int = 1,
-               amp: bool = False, dist_bn: str = "reduce"):
+def timm_train(
+    tmodel: torch.nn.Module,
+    batches,
+    recipe: Recipe,
+    dtype=torch.float64,
+    replicas: int = 1,
+    amp: bool = False,
+    dist_bn: str = "reduce",
+):
     """timm train.py over `batches` (global batches) with `replicas` DDP ranks, each a copy of `tmodel` fed its
     contiguous slice; gradients averaged (DDP), one RMSpropTF + scheduler + ModelEmaV3 per rank, and at the end
     of every epoch (`recipe.updates_per_epoch` updates) and of the run timm's `distribute_bn(dist_bn)` on model
@@ -69,8 +88,12 @@ def timm_train(tmodel: torch.nn.Module, batches, recipe: Recipe, dtype=torch.flo
     autocast (train.py's `--amp --amp-dtype bfloat16`). Returns (rank 0's model state dict, its EMA state dict,
     per-step lrs, per-step losses of rank 0) as numpy / floats."""
     ranks = [copy.deepcopy(tmodel).to(dtype).train() for _ in range(replicas)]
-    opts = [create_optimizer_v2(m, "rmsproptf", lr=recipe.lr, weight_decay=recipe.weight_decay,
-                                eps=recipe.opt_eps, momentum=recipe.momentum) for m in ranks]
+    opts = [
+        create_optimizer_v2(
+            m, "rmsproptf", lr=recipe.lr, weight_decay=recipe.weight_decay, eps=recipe.opt_eps, momentum=recipe.momentum
+        )
+        for m in ranks
+    ]
     scheds = [timm_scheduler(recipe, o) for o in opts]
     emas = [ModelEmaV3(m, decay=recipe.ema_decay, use_warmup=recipe.ema_warmup) for m in ranks]
     loss_fn = LabelSmoothingCrossEntropy(recipe.smoothing)
