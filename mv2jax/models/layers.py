@@ -9,27 +9,16 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mv2jax.models.backends import CONV_IMPLS, ConvImpl, resolve_conv_impl  # noqa: F401
 from mv2jax.models.ops import batch_norm_train, depthwise_conv, patches, pointwise_conv
 
-ConvImpl = Literal["auto", "xla", "cpu"]
-CONV_IMPLS = ("auto", "xla", "cpu")
 RUNNING_STATS_FROM = ("mean", "first")  # BatchNormAct2d.running_stats_from: all stat groups' mean, or group 0's
-
-
-def resolve_conv_impl(conv_impl: str) -> str:
-    """'auto' -> 'cpu' on the CPU backend (shifted multiply-adds and matmuls), else 'xla' (lax convolutions)."""
-    if conv_impl not in CONV_IMPLS:
-        raise ValueError(f"unknown conv_impl {conv_impl!r}: use one of {', '.join(CONV_IMPLS)}")
-    if conv_impl == "auto":
-        return "cpu" if jax.default_backend() == "cpu" else "xla"
-    return conv_impl
 
 
 def symmetric_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
