@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 import mv2jax
@@ -17,6 +18,8 @@ from mv2jax.data import create_dataset, create_transform
 from mv2jax.train.optim import create_optimizer
 from mv2jax.train.state import create_train_state, merge_model
 from mv2jax.train.step import StepConfig, make_train_step
+
+pytestmark = pytest.mark.numerics
 
 STEPS, BATCH, LR = 300, 64, 2e-3
 # Per image ||bf16 - fp32|| / ||fp32|| of the logits, median over 256 held-out images: measured 1.0e-2 to 1.3e-2

@@ -81,6 +81,7 @@ def test_num_classes_zero_and_no_pool_return_features():
         mv2jax.create_model("mobilenetv2_035", global_pool="")
 
 
+@pytest.mark.numerics
 def test_bf16_compute_error_is_within_twice_timm_autocast_error():
     """bf16 compute, fp32 parameters. A random-weight network amplifies rounding (timm's own bf16 autocast is
     off by ~2e-1 on it), so the yardstick is timm's bf16 error on the same weights; with trained weights

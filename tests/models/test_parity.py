@@ -18,6 +18,8 @@ from flax import nnx
 import mv2jax
 from tests.timm_reference import mv2jax_from_timm, rel_err, state_dict_numpy, timm_model, to_nhwc
 
+pytestmark = pytest.mark.numerics
+
 TOLERANCE_FACTOR = 2.0  # mv2jax fp32 error <= 2x timm's own fp32 error, both against timm float64
 SIZES = {"224": (2, 224, 224), "odd": (3, 97, 61)}
 CONV_IMPLS = ("cpu", "xla")

@@ -23,6 +23,8 @@ from mv2jax.convert import model_variables, mv2jax_to_timm, timm_to_mv2jax
 from mv2jax.convert.state_dict import to_timm_layout
 from tests.timm_reference import forward, rel_err, state_dict_numpy, timm_model
 
+pytestmark = pytest.mark.numerics
+
 GRAD_TOL_FP64 = 1e-4  # the bound; measured ~1e-12
 STATS_TOL_FP64 = 1e-10
 ZERO_GRAD = 1e-8  # |grad| / max|grad| below this: a gradient that is zero in exact arithmetic

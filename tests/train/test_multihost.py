@@ -12,9 +12,12 @@ from pathlib import Path
 import jax
 import numpy as np
 import portpicker
+import pytest
 
 from tests.train.multihost_worker import train
 from tests.train.reference import rel_errors, worst
+
+pytestmark = pytest.mark.numerics
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("multihost_worker.py")

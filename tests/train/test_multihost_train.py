@@ -16,9 +16,12 @@ import sys
 
 import numpy as np
 import portpicker
+import pytest
 
 from mv2jax.convert import read_orbax
 from tests.train.test_checkpoint import REPO, _env, final_state, leaves
+
+pytestmark = pytest.mark.numerics
 
 FLAGS = [
     "--model",

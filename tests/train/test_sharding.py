@@ -26,6 +26,8 @@ from mv2jax.train.mesh import (
     shard_train_state,
 )
 
+pytestmark = pytest.mark.numerics
+
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("sharding_worker.py")
 TIMEOUT_S = 600

@@ -40,6 +40,8 @@ from tests.train.reference import (
 )
 from tests.train.timm_side import load_timm, state_dict_numpy, timm_train, tiny_timm, to_torch
 
+pytestmark = pytest.mark.numerics
+
 STEPS = 5
 RECIPE = Recipe()
 REPO = Path(__file__).resolve().parents[2]
