@@ -33,7 +33,7 @@ from mv2jax.convert import hub_weights, read_checkpoint, timm_to_mv2jax
 from mv2jax.data import create_dataset, create_loader, create_transform, resolve_data_config, to_global_batch
 from mv2jax.data.datasets import DATASET_NAMES_HELP
 from mv2jax.models import MobileNetV2, create_model, fuse_for_inference
-from mv2jax.models.layers import CONV_IMPLS
+from mv2jax.models.backends import CONV_IMPLS
 from mv2jax.train.losses import label_smoothing_cross_entropy
 from mv2jax.train.mesh import create_mesh, replicated
 

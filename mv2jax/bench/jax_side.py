@@ -22,7 +22,7 @@ import mv2jax
 from mv2jax.bench.common import MIB, BenchConfig, peak_rss_mib, time_calls
 from mv2jax.compile_cache import enable_compile_cache
 from mv2jax.models import fuse_for_inference
-from mv2jax.models.layers import resolve_conv_impl
+from mv2jax.models.backends import resolve_conv_impl
 from mv2jax.train.optim import create_optimizer
 
 _MEMORY_FIELDS = (

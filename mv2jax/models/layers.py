@@ -7,6 +7,7 @@ timm's, so a flat NNX state path joined with dots is the timm state-dict key.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -15,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mv2jax.models.backends import CONV_IMPLS, ConvImpl, resolve_conv_impl  # noqa: F401
-from mv2jax.models.ops import batch_norm_train, depthwise_conv, patches, pointwise_conv
+from mv2jax.models.activations import DEFAULT_ACT, apply_act, check_act
+from mv2jax.models.backends import ConvImpl, get_backend, resolve_conv_impl
 
 RUNNING_STATS_FROM = ("mean", "first")  # BatchNormAct2d.running_stats_from: all stat groups' mean, or group 0's
 
@@ -74,33 +75,36 @@ class Conv2d(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         w = self.weight[...]
         dtype = self.dtype or jnp.result_type(x, w)
-        return conv2d(x.astype(dtype), w.astype(dtype), self.stride, self.padding, self.groups, self.conv_impl)
+        conv = get_backend(self.conv_impl).conv2d
+        return conv(x.astype(dtype), w.astype(dtype), self.stride, self.padding, self.groups)
 
 
-def conv2d(x: jax.Array, w: jax.Array, stride: int, padding: int, groups: int, conv_impl: str) -> jax.Array:
-    """NHWC `x` convolved with HWIO `w` (symmetric zero `padding`). With conv_impl 'cpu' a 1x1 convolution is a
-    matmul, a depthwise one k*k shifted multiply-adds and a dense k x k one a matmul of im2col patches
-    (`mv2jax.models.ops`, hand-written gradients); other grouped convolutions, or conv_impl 'xla', are
-    `lax.conv_general_dilated`."""
-    if conv_impl == "cpu":
-        if w.shape[0] == w.shape[1] == 1 and groups == 1:
-            return pointwise_conv(x[:, ::stride, ::stride, :] if stride > 1 else x, w[0, 0])
-        if 1 < groups == x.shape[-1] == w.shape[-1]:
-            return depthwise_conv(x, w[:, :, 0], stride, padding)
-        if groups == 1:  # the stem: XLA's convolution is ~10x slower than im2col and a matmul here
-            return pointwise_conv(patches(x, w.shape[0], stride, padding), w.reshape(-1, w.shape[-1]))
-    return jax.lax.conv_general_dilated(
-        x,
-        w,
-        window_strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups,
-    )
+@dataclasses.dataclass(frozen=True)
+class ConvSpec:
+    """Static description of one BatchNorm-folded convolution: kernel size, stride, symmetric padding,
+    depthwise or dense, and the activation that follows (None: linear)."""
+
+    kernel_size: int
+    stride: int
+    padding: int
+    depthwise: bool
+    act: str | None
+
+
+def fold_conv_bn(conv: Conv2d, bn: BatchNormAct2d, param_dtype) -> tuple[ConvSpec, dict[str, np.ndarray]]:
+    """`bn` (eval mode: its running statistics) folded into `conv`: (spec, {'weight': HWIO kernel scaled per
+    output channel, 'bias': [C_out]}), computed in float64 on the host, then cast to `param_dtype`."""
+    f64 = functools.partial(np.asarray, dtype=np.float64)
+    scale = f64(bn.weight[...]) / np.sqrt(f64(bn.running_var[...]) + bn.eps)
+    weight = f64(conv.weight[...]) * scale
+    bias = f64(bn.bias[...]) - f64(bn.running_mean[...]) * scale
+    spec = ConvSpec(conv.kernel_size, conv.stride, conv.padding, conv.is_depthwise, bn.act)
+    return spec, {"weight": weight.astype(param_dtype), "bias": bias.astype(param_dtype)}
 
 
 class BatchNormAct2d(nnx.Module):
-    """timm's BatchNormAct2d (BatchNorm2d + optional ReLU6) over NHWC.
+    """timm's BatchNormAct2d (BatchNorm2d + optional activation `act`, a name from
+    `mv2jax.models.activations`) over NHWC. Train mode runs the `conv_impl` backend's BatchNorm.
 
     Train mode normalises with the biased batch variance and updates the running statistics PyTorch's
     way: `running = (1 - momentum) * running + momentum * stat`, with the *unbiased* variance,
@@ -116,13 +120,15 @@ class BatchNormAct2d(nnx.Module):
         self,
         num_features: int,
         *,
-        apply_act: bool = True,
+        act: str | None = DEFAULT_ACT,
         eps: float = 1e-5,
         momentum: float = 0.1,
+        conv_impl: ConvImpl = "auto",
         dtype=None,
         param_dtype=jnp.float32,
     ):
-        self.num_features, self.apply_act = num_features, apply_act
+        self.num_features, self.act = num_features, check_act(act)
+        self.conv_impl = resolve_conv_impl(conv_impl)
         self.eps, self.momentum, self.dtype = eps, momentum, dtype
         self.use_running_average = False
         self.stat_groups = 1
@@ -151,13 +157,12 @@ class BatchNormAct2d(nnx.Module):
         if self.use_running_average:
             scale = w * jax.lax.rsqrt(self.running_var[...] + self.eps)
             shift = b - self.running_mean[...] * scale
-            y = x.astype(out_dtype) * scale.astype(out_dtype) + shift.astype(out_dtype)
-            return jax.nn.relu6(y) if self.apply_act else y
+            return apply_act(x.astype(out_dtype) * scale.astype(out_dtype) + shift.astype(out_dtype), self.act)
         groups = self.stat_groups
         if x.shape[0] % groups:
             raise ValueError(f"batch of {x.shape[0]} does not split into {groups} BatchNorm stat groups")
         xg = _stat_cast(x).reshape(groups, x.shape[0] // groups, *x.shape[1:])
-        y, mean, var = batch_norm_train(xg, w, b, self.eps, self.apply_act)
+        y, mean, var = get_backend(self.conv_impl).batch_norm_train(xg, w, b, self.eps, self.act)
         self._update_running_stats(mean, var, xg.shape[1] * xg.shape[2] * xg.shape[3])
         return y.reshape(x.shape).astype(out_dtype)
 

@@ -10,16 +10,20 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from mv2jax.models.activations import DEFAULT_ACT, check_act
 from mv2jax.models.arch import ArchConfig, BlockSpec, build_block_specs, feature_taps, head_size, stem_size
+from mv2jax.models.backends import resolve_conv_impl
 from mv2jax.models.layers import (
     BatchNormAct2d,
     Conv2d,
+    ConvSpec,
     DropPath,
     Linear,
     check_running_stats_from,
-    resolve_conv_impl,
+    fold_conv_bn,
 )
 
 POOL_TYPES = ("avg", "max", "avgmax", "catavgmax", "")
@@ -32,6 +36,7 @@ class LayerOpts:
     conv_impl: str = "auto"
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
+    act: str | None = DEFAULT_ACT
 
     def conv(self, in_chs, out_chs, k, *, rngs, stride=1, groups=1) -> Conv2d:
         return Conv2d(
@@ -46,11 +51,33 @@ class LayerOpts:
             rngs=rngs,
         )
 
-    def bn(self, chs, *, apply_act=True) -> BatchNormAct2d:
-        return BatchNormAct2d(chs, apply_act=apply_act, dtype=self.dtype, param_dtype=self.param_dtype)
+    def bn(self, chs, *, linear: bool = False) -> BatchNormAct2d:
+        """BatchNorm followed by the network's activation, or by none (`linear`)."""
+        act = None if linear else self.act
+        return BatchNormAct2d(chs, act=act, conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype)
 
 
-class DepthwiseSeparableConv(nnx.Module):
+class Block(nnx.Module):
+    """What both block types share: the residual and BatchNorm folding for `fuse_for_inference`."""
+
+    has_skip: bool
+    drop_path: DropPath | None
+
+    def conv_bn_pairs(self) -> list[tuple[Conv2d, BatchNormAct2d]]:
+        raise NotImplementedError
+
+    def fold(self, param_dtype) -> tuple[tuple[ConvSpec, ...], list[dict[str, np.ndarray]]]:
+        """Each convolution with its BatchNorm folded in (eval-mode semantics): (specs, params) in order."""
+        folded = [fold_conv_bn(conv, bn, param_dtype) for conv, bn in self.conv_bn_pairs()]
+        return tuple(spec for spec, _ in folded), [p for _, p in folded]
+
+    def _residual(self, x: jax.Array, shortcut: jax.Array) -> jax.Array:
+        if not self.has_skip:
+            return x
+        return (self.drop_path(x) if self.drop_path is not None else x) + shortcut
+
+
+class DepthwiseSeparableConv(Block):
     """timm's DepthwiseSeparableConv: dw conv -> BN+ReLU6 -> pw conv -> BN (no act) [+ skip]."""
 
     def __init__(self, spec: BlockSpec, opts: LayerOpts, *, rngs: nnx.Rngs):
@@ -59,16 +86,17 @@ class DepthwiseSeparableConv(nnx.Module):
         self.conv_dw = opts.conv(chs, chs, spec.kernel_size, stride=spec.stride, groups=chs, rngs=rngs)
         self.bn1 = opts.bn(chs)
         self.conv_pw = opts.conv(chs, spec.out_chs, 1, rngs=rngs)
-        self.bn2 = opts.bn(spec.out_chs, apply_act=False)
+        self.bn2 = opts.bn(spec.out_chs, linear=True)
         self.drop_path = DropPath(spec.drop_path_rate, rngs=rngs) if self.has_skip and spec.drop_path_rate else None
 
+    def conv_bn_pairs(self) -> list[tuple[Conv2d, BatchNormAct2d]]:
+        return [(self.conv_dw, self.bn1), (self.conv_pw, self.bn2)]
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        shortcut = x
-        x = self.bn2(self.conv_pw(self.bn1(self.conv_dw(x))))
-        return _residual(x, shortcut, self.drop_path) if self.has_skip else x
+        return self._residual(self.bn2(self.conv_pw(self.bn1(self.conv_dw(x)))), x)
 
 
-class InvertedResidual(nnx.Module):
+class InvertedResidual(Block):
     """timm's InvertedResidual: pw expand -> BN+ReLU6 -> dw conv -> BN+ReLU6 -> pw linear -> BN [+ skip]."""
 
     def __init__(self, spec: BlockSpec, opts: LayerOpts, *, rngs: nnx.Rngs):
@@ -79,18 +107,16 @@ class InvertedResidual(nnx.Module):
         self.conv_dw = opts.conv(mid, mid, spec.kernel_size, stride=spec.stride, groups=mid, rngs=rngs)
         self.bn2 = opts.bn(mid)
         self.conv_pwl = opts.conv(mid, spec.out_chs, 1, rngs=rngs)
-        self.bn3 = opts.bn(spec.out_chs, apply_act=False)
+        self.bn3 = opts.bn(spec.out_chs, linear=True)
         self.drop_path = DropPath(spec.drop_path_rate, rngs=rngs) if self.has_skip and spec.drop_path_rate else None
+
+    def conv_bn_pairs(self) -> list[tuple[Conv2d, BatchNormAct2d]]:
+        return [(self.conv_pw, self.bn1), (self.conv_dw, self.bn2), (self.conv_pwl, self.bn3)]
 
     def __call__(self, x: jax.Array) -> jax.Array:
         shortcut = x
         x = self.bn2(self.conv_dw(self.bn1(self.conv_pw(x))))
-        x = self.bn3(self.conv_pwl(x))
-        return _residual(x, shortcut, self.drop_path) if self.has_skip else x
-
-
-def _residual(x: jax.Array, shortcut: jax.Array, drop_path: DropPath | None) -> jax.Array:
-    return (drop_path(x) if drop_path is not None else x) + shortcut
+        return self._residual(self.bn3(self.conv_pwl(x)), shortcut)
 
 
 BLOCK_TYPES = {"ds": DepthwiseSeparableConv, "ir": InvertedResidual}
@@ -159,13 +185,15 @@ class MobileNetV2(nnx.Module):
         features_only: bool = False,
         out_indices: tuple[int, ...] | None = None,
         conv_impl: str = "auto",
+        act: str | None = DEFAULT_ACT,
         dtype=None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
         if global_pool not in POOL_TYPES:
             raise ValueError(f"unknown global_pool {global_pool!r}: use one of {POOL_TYPES}")
-        opts = LayerOpts(resolve_conv_impl(conv_impl), dtype, param_dtype)
+        opts = LayerOpts(resolve_conv_impl(conv_impl), dtype, param_dtype, check_act(act))
+        self.conv_impl = opts.conv_impl
         self.arch, self.in_chans, self.features_only = arch, in_chans, features_only
         self.drop_rate, self.dtype, self.param_dtype = drop_rate, dtype, param_dtype
         stem = stem_size(arch)

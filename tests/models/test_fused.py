@@ -15,9 +15,11 @@ import torch
 
 import mv2jax
 from mv2jax.models import fuse_for_inference
-from mv2jax.models import fused as fused_module
-from mv2jax.models.fused import CPU_COMPILER_OPTIONS, chunked
+from mv2jax.models.backends import cpu
+from mv2jax.models.fused import chunked
 from tests.timm_reference import forward, mv2jax_from_timm, random_nhwc, rel_err, run_timm, timm_model
+
+pytestmark = pytest.mark.numerics
 
 TOLERANCE_FACTOR = 2.0
 SHAPES = {"224": (2, 224, 224), "odd": (3, 97, 61)}
@@ -59,7 +61,7 @@ def test_fused_logits_fp32_error_within_twice_timm_fp32_error(timm_references, n
 def test_expansion_on_the_padded_grid_keeps_timm_parity_on_every_grid(timm_references, shape, monkeypatch):
     """The expansion matmul with the depthwise padding and the bias folded in (used on the large grids), here on
     every grid, odd and stride-2 ones included."""
-    monkeypatch.setattr(fused_module, "PAD_INTO_EXPAND_MIN_POSITIONS", 0)
+    monkeypatch.setattr(cpu, "PAD_INTO_EXPAND_MIN_POSITIONS", 0)
     tmodel, x, ref64, ref32 = timm_references("mobilenetv2_100", shape)
     fused = fuse_for_inference(mv2jax_from_timm(tmodel, "mobilenetv2_100", conv_impl="cpu"))
     assert "concatenate" in jax.jit(fused.apply).lower(fused.params, jnp.asarray(x)).as_text()  # the path ran
@@ -94,8 +96,8 @@ def test_chunked_pads_a_ragged_batch_and_drops_the_padding():
 
 
 def test_default_chunk_and_compiler_options_follow_the_conv_impl(model_035):
-    cpu = fuse_for_inference(model_035)
-    assert cpu.batch_chunk == 2 and cpu.compiler_options == CPU_COMPILER_OPTIONS
+    fused = fuse_for_inference(model_035)
+    assert fused.batch_chunk == 2 and fused.compiler_options == cpu.INFERENCE_COMPILER_OPTIONS
     xla = fuse_for_inference(mv2jax.create_model("mobilenetv2_035", conv_impl="xla").eval())
     assert xla.batch_chunk == 0 and xla.compiler_options is None
 

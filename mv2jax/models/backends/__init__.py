@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import Literal
 
 import jax
@@ -26,3 +28,11 @@ def resolve_conv_impl(conv_impl: str) -> str:
     if conv_impl == "auto":
         return "cpu" if jax.default_backend() == "cpu" else "xla"
     return conv_impl
+
+
+def get_backend(conv_impl: str) -> ModuleType:
+    """The backend module for a resolved or 'auto' conv_impl. Each backend module provides the same names:
+    `conv2d(x, w, stride, padding, groups)`, `batch_norm_train(xg, weight, bias, eps, act)`,
+    `folded_conv(x, params, spec)`, `folded_block(x, params, convs)`, `INFERENCE_BATCH_CHUNK` and
+    `INFERENCE_COMPILER_OPTIONS`."""
+    return importlib.import_module(f"{__name__}.{resolve_conv_impl(conv_impl)}")

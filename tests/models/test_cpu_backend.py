@@ -1,5 +1,5 @@
-"""The hand-written gradients of mv2jax.models.ops equal autodiff of the plain formulas (lax convolutions,
-textbook BatchNorm), in float64, for odd and even sizes, strides 1 and 2."""
+"""The 'cpu' backend's primitives and hand-written gradients equal JAX's autodiff of the 'xla' backend's
+(lax convolutions, textbook BatchNorm), in float64, for odd and even sizes, strides 1 and 2."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mv2jax.models import ops
-from mv2jax.models.ops import batch_norm_train, depthwise_conv, pointwise_conv
+from mv2jax.models.backends import cpu, xla
+from mv2jax.models.backends.cpu import depthwise_conv
+
+pytestmark = pytest.mark.numerics
 
 TOL = 1e-12  # float64; measured 0 to ~1e-15 relative
 
@@ -31,24 +33,14 @@ def _grads(f, args, cotangent_seed=0):
 )
 def test_depthwise_conv_value_and_gradients_equal_lax_conv(shape, stride, rows, monkeypatch):
     # both weight-gradient paths: one reduce (small layers) and sums over rows first (large layers)
-    monkeypatch.setattr(ops, "ROW_SUMS_MIN_ELEMENTS", 0 if rows else ops.ROW_SUMS_MIN_ELEMENTS)
+    monkeypatch.setattr(cpu, "ROW_SUMS_MIN_ELEMENTS", 0 if rows else cpu.ROW_SUMS_MIN_ELEMENTS)
     with jax.enable_x64(True):
         rng = np.random.default_rng(1)
         x = jnp.asarray(rng.standard_normal(shape))
         w = jnp.asarray(rng.standard_normal((3, 3, shape[-1])))
 
-        def reference(x, w):
-            return jax.lax.conv_general_dilated(
-                x,
-                w[:, :, None, :],
-                (stride, stride),
-                ((1, 1), (1, 1)),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                feature_group_count=shape[-1],
-            )
-
-        out, grads = _grads(lambda x, w: depthwise_conv(x, w, stride, 1), (x, w))
-        ref_out, ref_grads = _grads(reference, (x, w))
+        out, grads = _grads(lambda x, w: cpu.conv2d(x, w[:, :, None, :], stride, 1, shape[-1]), (x, w))
+        ref_out, ref_grads = _grads(lambda x, w: xla.conv2d(x, w[:, :, None, :], stride, 1, shape[-1]), (x, w))
         assert out.shape == ref_out.shape
         assert _rel(out, ref_out) <= TOL
         assert all(_rel(g, r) <= TOL for g, r in zip(grads, ref_grads, strict=True))
@@ -56,52 +48,44 @@ def test_depthwise_conv_value_and_gradients_equal_lax_conv(shape, stride, rows, 
 
 @pytest.mark.parametrize("shape,stride", [((2, 9, 7, 3), 2), ((2, 8, 8, 3), 2), ((1, 6, 5, 4), 1)])
 def test_dense_conv_im2col_value_and_gradients_equal_lax_conv(shape, stride):
-    """conv_impl 'cpu' runs a dense k x k convolution (the stem) as im2col patches and a matmul."""
-    from mv2jax.models.layers import conv2d
-
+    """The 'cpu' backend runs a dense k x k convolution (the stem) as im2col patches and a matmul."""
     with jax.enable_x64(True):
         rng = np.random.default_rng(4)
         x = jnp.asarray(rng.standard_normal(shape))
         w = jnp.asarray(rng.standard_normal((3, 3, shape[-1], 5)))
-        out, grads = _grads(lambda x, w: conv2d(x, w, stride, 1, 1, "cpu"), (x, w))
-        ref_out, ref_grads = _grads(lambda x, w: conv2d(x, w, stride, 1, 1, "xla"), (x, w))
+        out, grads = _grads(lambda x, w: cpu.conv2d(x, w, stride, 1, 1), (x, w))
+        ref_out, ref_grads = _grads(lambda x, w: xla.conv2d(x, w, stride, 1, 1), (x, w))
         assert out.shape == ref_out.shape
         assert _rel(out, ref_out) <= TOL
         assert all(_rel(g, r) <= TOL for g, r in zip(grads, ref_grads, strict=True))
 
 
-def test_pointwise_conv_value_and_gradients_equal_einsum():
+def test_pointwise_conv_value_and_gradients_equal_lax_conv():
     with jax.enable_x64(True):
         rng = np.random.default_rng(2)
         x, w = jnp.asarray(rng.standard_normal((2, 5, 3, 6))), jnp.asarray(rng.standard_normal((6, 4)))
-        out, grads = _grads(pointwise_conv, (x, w))
-        ref_out, ref_grads = _grads(lambda x, w: jnp.einsum("nhwc,cd->nhwd", x, w), (x, w))
+        out, grads = _grads(lambda x, w: cpu.conv2d(x, w[None, None], 1, 0, 1), (x, w))
+        ref_out, ref_grads = _grads(lambda x, w: xla.conv2d(x, w[None, None], 1, 0, 1), (x, w))
         assert _rel(out, ref_out) <= TOL
         assert all(_rel(g, r) <= TOL for g, r in zip(grads, ref_grads, strict=True))
 
 
-@pytest.mark.parametrize("relu6", [True, False])
-def test_batch_norm_train_statistics_and_gradients_equal_autodiff(relu6):
-    def reference(xg, w, b):
-        mean = jnp.mean(xg, axis=(1, 2, 3), keepdims=True)
-        var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 3), keepdims=True)
-        y = (xg - mean) / jnp.sqrt(var + 1e-5) * w + b
-        return (jnp.clip(y, 0.0, 6.0) if relu6 else y), mean[:, 0, 0, 0], var[:, 0, 0, 0]
-
+@pytest.mark.parametrize("act", ["relu6", "relu", None])
+def test_batch_norm_train_statistics_and_gradients_equal_autodiff(act):
     with jax.enable_x64(True):
         rng = np.random.default_rng(3)
         xg = jnp.asarray(rng.standard_normal((2, 3, 5, 4, 6)) * 3 + 1)  # 2 stat groups, values past 0 and 6
         w, b = jnp.asarray(rng.standard_normal(6)), jnp.asarray(rng.standard_normal(6) + 2)
-        ours, theirs = batch_norm_train(xg, w, b, 1e-5, relu6), reference(xg, w, b)
+        ours, theirs = cpu.batch_norm_train(xg, w, b, 1e-5, act), xla.batch_norm_train(xg, w, b, 1e-5, act)
         assert all(_rel(a, r) <= TOL for a, r in zip(ours, theirs, strict=True))
-        _, grads = _grads(lambda *a: batch_norm_train(*a, 1e-5, relu6)[0], (xg, w, b))
-        _, ref_grads = _grads(lambda *a: reference(*a)[0], (xg, w, b))
+        _, grads = _grads(lambda *a: cpu.batch_norm_train(*a, 1e-5, act)[0], (xg, w, b))
+        _, ref_grads = _grads(lambda *a: xla.batch_norm_train(*a, 1e-5, act)[0], (xg, w, b))
         assert all(_rel(g, r) <= TOL for g, r in zip(grads, ref_grads, strict=True))
 
 
 @pytest.mark.parametrize("rows", [False, True], ids=["one-reduce", "row-sums"])
 def test_bf16_depthwise_weight_gradient_accumulates_in_float32(rows, monkeypatch):
-    monkeypatch.setattr(ops, "ROW_SUMS_MIN_ELEMENTS", 0 if rows else ops.ROW_SUMS_MIN_ELEMENTS)
+    monkeypatch.setattr(cpu, "ROW_SUMS_MIN_ELEMENTS", 0 if rows else cpu.ROW_SUMS_MIN_ELEMENTS)
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.standard_normal((4, 32, 32, 8)), jnp.bfloat16)
     w = jnp.asarray(rng.standard_normal((3, 3, 8)), jnp.bfloat16)

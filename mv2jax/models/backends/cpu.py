@@ -1,12 +1,17 @@
-"""Convolution and BatchNorm primitives with hand-written gradients, for the 'cpu' conv implementation.
+"""The 'cpu' backend: MobileNetV2's convolutions and BatchNorm in the forms XLA:CPU runs fast, with
+hand-written gradients. Everything specific to XLA:CPU lives here and nowhere else.
 
 XLA's CPU backend is slow on the convolutions of MobileNetV2 (grouped convolutions ~10x, 1x1 ~5x slower than
 the same maths as multiply-adds and matmuls) and autodiff of the multiply-add forms is slower still: the
 transpose of a strided slice is a padded scatter per tap, and the weight gradient of a 1x1 convolution asks for
 a transposed copy of its output gradient, which XLA fuses with the whole BatchNorm/depthwise backward before it
-and then computes in transposed (cache-hostile) order. Each function here is one custom VJP whose backward is a
-few fused passes over the activations. Results equal the autodiff of the reference formulas to float rounding
-(tests/models/test_ops.py).
+and then computes in transposed (cache-hostile) order. Each primitive here is one custom VJP whose backward is
+a few fused passes over the activations. Results equal the autodiff of the 'xla' backend's formulas to float
+rounding (tests/models/test_cpu_backend.py).
+
+For the BatchNorm-folded inference network it also owns the block-level fusions (the stem as broadcast
+multiply-adds, the expansion matmul on its depthwise conv's padded grid), the batch loop and the compiler
+options.
 
 Layouts: activations NHWC; depthwise kernel `[k, k, C]`; pointwise kernel `[C_in, C_out]`.
 """
@@ -17,6 +22,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from mv2jax.models.activations import apply_act, slope_one
+from mv2jax.models.backends import xla
 
 
 def _tap(x: jax.Array, i: int, j: int, stride: int, out_h: int, out_w: int) -> jax.Array:
@@ -149,49 +157,48 @@ pointwise_conv.defvjp(_pointwise_fwd, _pointwise_bwd)
 # The jitted helpers below trace once per distinct shape rather than once per layer (many layers share
 # shapes): ~1 ms of Python per traced jnp op adds up to seconds in a train step's trace.
 @functools.partial(jax.jit, static_argnums=(3, 4))
-def _bn_forward(xg, weight, bias, eps, relu6):
+def _bn_forward(xg, weight, bias, eps, act):
     mean = jnp.mean(xg, axis=(1, 2, 3), keepdims=True)
     var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 3), keepdims=True)
     rstd = jax.lax.rsqrt(var + eps)
-    return _bn_apply(xg, weight, bias, mean, rstd, relu6), mean, var, rstd
+    return _bn_apply(xg, weight, bias, mean, rstd, act), mean, var, rstd
 
 
-def _bn_apply(xg, weight, bias, mean, rstd, relu6):
+def _bn_apply(xg, weight, bias, mean, rstd, act):
     # x * scale + shift, not (x - mean) * scale + bias: x - mean then feeds only reductions (the variance, and
     # sum(dy * (x - mean)) in the backward), not this pass too.
     scale = rstd * weight
-    y = xg * scale + (bias - mean * scale)
-    return jnp.clip(y, 0.0, 6.0) if relu6 else y
+    return apply_act(xg * scale + (bias - mean * scale), act)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def batch_norm_train(
-    xg: jax.Array, weight: jax.Array, bias: jax.Array, eps: float, relu6: bool
+    xg: jax.Array, weight: jax.Array, bias: jax.Array, eps: float, act: str | None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Train-mode BatchNorm (+ ReLU6) with statistics per group.
+    """Train-mode BatchNorm (+ activation) with statistics per group.
 
     xg: `[G, n, H, W, C]` (G groups of n examples); weight, bias: `[C]`. Returns (y like xg, mean `[G, C]`,
     biased variance `[G, C]`). The statistics are outputs for the running averages only: no gradient flows
     back through them.
     """
-    y, mean, var, _ = _bn_forward(xg, weight, bias, eps, relu6)
+    y, mean, var, _ = _bn_forward(xg, weight, bias, eps, act)
     return y, mean[:, 0, 0, 0], var[:, 0, 0, 0]
 
 
-def _bn_fwd(xg, weight, bias, eps, relu6):
-    y, mean, var, rstd = _bn_forward(xg, weight, bias, eps, relu6)
+def _bn_fwd(xg, weight, bias, eps, act):
+    y, mean, var, rstd = _bn_forward(xg, weight, bias, eps, act)
     return (y, mean[:, 0, 0, 0], var[:, 0, 0, 0]), (xg, weight, bias, mean, rstd)
 
 
-def _bn_bwd(eps, relu6, res, cotangents):
-    return _bn_backward(*res, cotangents[0], relu6)
+def _bn_bwd(eps, act, res, cotangents):
+    return _bn_backward(*res, cotangents[0], act)
 
 
 @functools.partial(jax.jit, static_argnums=(6,))
-def _bn_backward(xg, weight, bias, mean, rstd, dy, relu6):
-    if relu6:  # recomputing the mask reads xg, which the statistics below read anyway
-        z = _bn_apply(xg, weight, bias, mean, rstd, False)  # as the forward computed it
-        dy = jnp.where((z > 0.0) & (z < 6.0), dy, 0.0)
+def _bn_backward(xg, weight, bias, mean, rstd, dy, act):
+    if act is not None:  # recomputing the mask reads xg, which the statistics below read anyway
+        z = _bn_apply(xg, weight, bias, mean, rstd, None)  # as the forward computed it
+        dy = jnp.where(slope_one(z, act), dy, 0.0)
     n = xg.shape[1] * xg.shape[2] * xg.shape[3]
     sum_dy = jnp.sum(dy, axis=(1, 2, 3), keepdims=True)
     sum_dy_xhat = jnp.sum(dy * (xg - mean), axis=(1, 2, 3), keepdims=True) * rstd
@@ -205,3 +212,72 @@ def _bn_backward(xg, weight, bias, mean, rstd, dy, relu6):
 
 
 batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
+
+
+def conv2d(x: jax.Array, w: jax.Array, stride: int, padding: int, groups: int) -> jax.Array:
+    """NHWC `x` convolved with HWIO `w` (symmetric zero `padding`): a 1x1 convolution as a matmul, a depthwise
+    one as k*k shifted multiply-adds, a dense k x k one (the stem) as a matmul of im2col patches; other grouped
+    convolutions as the 'xla' backend's."""
+    if w.shape[0] == w.shape[1] == 1 and groups == 1:
+        return pointwise_conv(x[:, ::stride, ::stride, :] if stride > 1 else x, w[0, 0])
+    if 1 < groups == x.shape[-1] == w.shape[-1]:
+        return depthwise_conv(x, w[:, :, 0], stride, padding)
+    if groups == 1:  # XLA:CPU's dense convolution is ~10x slower than im2col and a matmul here
+        return pointwise_conv(patches(x, w.shape[0], stride, padding), w.reshape(-1, w.shape[-1]))
+    return xla.conv2d(x, w, stride, padding, groups)
+
+
+# The fused inference network: a batch loops over pairs of images, so each pair's activations (the 6x-expanded
+# ones included) stay in cache from one layer to the next. XLA's own dot emitter, not its YNNPACK dot fusions
+# (slower on these small matmuls), and 512-bit vectors where the CPU has them (LLVM prefers 256 bits on AVX-512
+# CPUs otherwise; ignored without AVX-512).
+INFERENCE_BATCH_CHUNK = 2
+INFERENCE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_prefer_vector_width": 512}
+# Inverted residuals whose input has at least this many positions (the 112x112 and 56x56 stages) take the padding
+# of their depthwise conv into the expansion matmul (`_expand_padded`); on smaller grids the extra border rows of
+# the matmul cost more than the pass they save.
+PAD_INTO_EXPAND_MIN_POSITIONS = 56 * 56
+
+
+def folded_conv(x: jax.Array, p: dict, spec) -> jax.Array:
+    """One BatchNorm-folded convolution and its activation. A dense convolution with few inputs per output
+    (the stem: k*k*C_in <= 64) is k*k*C_in broadcast multiply-adds in one fusion; XLA's dense conv is ~2x
+    slower there, an im2col matmul ~2.5x at batch 1."""
+    k = spec.kernel_size
+    if spec.depthwise or k == 1 or x.shape[-1] * k * k > 64:
+        return xla.folded_conv(x, p, spec, conv=conv2d)
+    w, b = p["weight"].astype(x.dtype), p["bias"].astype(x.dtype)
+    xp, s = _pad_hw(x, spec.padding), spec.stride
+    oh, ow = (xp.shape[1] - k) // s + 1, (xp.shape[2] - k) // s + 1
+    terms = [
+        _tap(xp, i, j, s, oh, ow)[..., c : c + 1] * w[i, j, c]
+        for i in range(k)
+        for j in range(k)
+        for c in range(x.shape[-1])
+    ]
+    while len(terms) > 1:  # pairwise sum: float32 error grows with log2(27), not 27, as in a dot
+        terms = [u + v for u, v in zip(terms[::2], terms[1::2], strict=False)] + terms[len(terms) // 2 * 2 :]
+    return apply_act(terms[0] + b, spec.act)
+
+
+def folded_block(x: jax.Array, params: list[dict], convs: tuple) -> jax.Array:
+    """A block's folded convolutions (its residual is added by the caller). On the large grids an inverted
+    residual's expansion is computed on its depthwise conv's padded grid (`_expand_padded`)."""
+    if len(convs) == 3 and x.shape[1] * x.shape[2] >= PAD_INTO_EXPAND_MIN_POSITIONS:
+        pw, dw, pwl = convs
+        z = _expand_padded(x, params[0], dw.padding)
+        w, b = params[1]["weight"].astype(x.dtype), params[1]["bias"].astype(x.dtype)
+        x = apply_act(_depthwise_padded(apply_act(z, pw.act), w[:, :, 0], dw.stride) + b, dw.act)
+        return folded_conv(x, params[2], pwl)
+    return xla.folded_block(x, params, convs, layer=folded_conv)
+
+
+def _expand_padded(x: jax.Array, p: dict, pad: int) -> jax.Array:
+    """The expansion 1x1 conv's pre-activation on the zero-padded grid its depthwise conv reads. `x` gets a
+    channel of ones (zeros in the padding) that multiplies the bias, so the border comes out exactly 0 (and
+    the activation keeps 0 at 0) and the depthwise taps read the activation of the matmul directly: the separate
+    bias + activation + pad pass over the 6x-expanded activation goes away."""
+    w, b = p["weight"].astype(x.dtype)[0, 0], p["bias"].astype(x.dtype)
+    ones = jnp.ones((*x.shape[:-1], 1), x.dtype)
+    xa = _pad_hw(jnp.concatenate([x, ones], axis=-1), pad)
+    return pointwise_conv(xa, jnp.concatenate([w, b[None]], axis=0))
