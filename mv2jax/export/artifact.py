@@ -1,0 +1,165 @@
+"""Writing and reading exported artifacts: the formats, the JSON sidecar that says how to preprocess for them, the
+atomic write, and a runner that feeds an artifact NHWC batches whatever its layout.
+
+The sidecar `FILE.json` holds `format`, `model`, `mv2jax_version`, `input_size` (C, H, W), `layout` ('nchw' or
+'nhwc'), `batch_size` (null: any), `mean`/`std` (per channel, for pixels scaled to [0, 1]), `crop_pct`, `crop_mode`,
+`interpolation`, `num_classes` (0: the output is pooled features) and `labels` ('imagenet-1k' for a 1000-class
+model, else null).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import mv2jax
+from mv2jax.convert.files import refuse_existing, sibling
+from mv2jax.models import MobileNetV2, fuse_for_inference
+
+IMAGENET_1K = "imagenet-1k"
+
+
+@dataclass(frozen=True)
+class Format:
+    """One export format: its module (with `serialize(fused, img_size, batch_size, layout) -> bytes` and
+    `runner(path) -> run(x) -> logits`), the input layouts it takes (the first is the default), and the packages
+    that write and run it."""
+
+    module: str
+    layouts: tuple[str, ...]
+    writer: str
+    runtime: str
+
+
+FORMATS = {
+    "onnx": Format("mv2jax.export.onnx_graph", ("nchw", "nhwc"), "onnx", "onnxruntime"),
+    "stablehlo": Format("mv2jax.export.stablehlo", ("nhwc",), "jax", "jax"),
+}
+NOT_YET = {"tflite": "LiteRT (.tflite) export is not available yet: use --format onnx or stablehlo"}
+
+
+def get_format(name: str) -> Format:
+    if name in NOT_YET:
+        raise ValueError(NOT_YET[name])
+    if name not in FORMATS:
+        raise ValueError(f"unknown format {name!r}: choose one of {', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
+def sidecar_path(path: Path) -> Path:
+    return Path(f"{path}.json")
+
+
+def export(
+    model: MobileNetV2,
+    output: str | Path,
+    fmt: str,
+    data_config: dict[str, Any],
+    *,
+    name: str,
+    batch_size: int | None = None,
+    layout: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write `model` (eval mode) as a `fmt` artifact at `output` plus its sidecar; returns the sidecar.
+
+    `data_config` is the model's resolved eval preprocessing (its `input_size` sets the artifact's H, W). Both
+    files are written beside their destinations and renamed into place, so neither is ever half-written."""
+    form, output = get_format(fmt), Path(output)
+    layout = layout or form.layouts[0]
+    if layout not in form.layouts:
+        raise ValueError(f"{fmt} takes {' or '.join(form.layouts)} input, not {layout}: drop --layout {layout}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    if model.in_chans != 3 or data_config["input_size"][0] != 3:
+        raise ValueError(f"the model takes {model.in_chans} input channels: export supports RGB (3) models only")
+    refuse_existing([output, sidecar_path(output)], overwrite)
+    _require(form.writer, f"writing {fmt}")
+    _, h, w = data_config["input_size"]
+    serialize = importlib.import_module(form.module).serialize
+    data = serialize(fuse_for_inference(model), (h, w), batch_size, layout)
+    sidecar = dict(
+        format=fmt,
+        model=name,
+        mv2jax_version=mv2jax.__version__,
+        input_size=list(data_config["input_size"]),
+        layout=layout,
+        batch_size=batch_size,
+        mean=list(data_config["mean"]),
+        std=list(data_config["std"]),
+        crop_pct=data_config["crop_pct"],
+        crop_mode=data_config["crop_mode"],
+        interpolation=data_config["interpolation"],
+        num_classes=model.num_classes,
+        labels=IMAGENET_1K if model.num_classes == 1000 else None,
+    )
+    write_files({output: data, sidecar_path(output): (json.dumps(sidecar, indent=2) + "\n").encode()})
+    return sidecar
+
+
+def write_files(files: dict[Path, bytes]) -> None:
+    """Write every file to a hidden sibling first, then rename them all into place: a failure or interrupt while
+    writing leaves none of them (and no temporary file) behind."""
+    temps = {path: sibling(path, "tmp") for path in files}
+    try:
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temps[path].write_bytes(data)
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    side = sidecar_path(Path(path))
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"artifact {path} does not exist")
+    if not side.is_file():
+        raise FileNotFoundError(
+            f"{path} has no sidecar {side.name} beside it: re-export it with python -m mv2jax.export"
+        )
+    return json.loads(side.read_text())
+
+
+def load_artifact(path: str | Path) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+    """(run, sidecar) for an exported artifact: `run(x)` takes a float32 NHWC batch (normalised per the sidecar),
+    whatever the artifact's layout, and returns its logits as numpy."""
+    sidecar = read_sidecar(path)
+    form = get_format(sidecar["format"])
+    _require(form.runtime, f"running a {sidecar['format']} artifact")
+    run = importlib.import_module(form.module).runner(Path(path))
+    if sidecar["layout"] == "nchw":
+        return (lambda x: run(np.asarray(x).transpose(0, 3, 1, 2))), sidecar
+    return run, sidecar
+
+
+def _require(package: str, what: str) -> None:
+    if importlib.util.find_spec(package) is None:
+        raise ImportError(f"{what} needs {package}: pip install 'mv2jax[export]'")
+
+
+PREPROCESS_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+def load_images(paths: list[Path], config: dict[str, Any]) -> np.ndarray:
+    """Image files through timm's eval transform for `config` (a sidecar or a resolved data config): NHWC float32."""
+    from PIL import Image
+
+    from mv2jax.data import create_transform
+
+    transform = create_transform(**{k: config[k] for k in PREPROCESS_KEYS})
+    batch = []
+    for path in paths:
+        with Image.open(path) as img:
+            batch.append(transform(img.convert("RGB")))
+    return np.stack(batch)

@@ -1,0 +1,101 @@
+"""ONNX: the BN-folded network written as an NCHW graph with the `onnx` package, straight from the folded spec and
+parameters: Conv (with `group` = channels for depthwise layers) + Clip(0, 6) per layer, Add for residuals, global
+pooling, Flatten, Gemm. The weights are the folded float32 arrays (HWIO -> OIHW), so the graph is exact and has no
+per-layer transposes.
+
+Input `input`: float32 `[batch, 3, H, W]` (NCHW, normalised as the sidecar says), `batch` symbolic unless a batch
+size is fixed; with layout 'nhwc' the input is `[batch, H, W, 3]` and one Transpose at the graph input makes it
+NCHW. Output `logits`: `[batch, num_classes]` (pooled features for a model without classifier).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from mv2jax.models import FusedMobileNetV2
+
+OPSET = 17
+LAYOUTS = ("nchw", "nhwc")
+
+
+def _act(conv) -> str | None:
+    # ConvSpec's activation field is being renamed from `relu6: bool` to `act: str | None`.
+    return getattr(conv, "act", None) or ("relu6" if getattr(conv, "relu6", False) else None)
+
+
+def onnx_model(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: int | None, layout: str = "nchw"):
+    """The `onnx.ModelProto` of `fused` for `img_size` (H, W) inputs, a fixed `batch_size` or a symbolic batch."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    spec, params = fused.spec, fused.params
+    pool = {"avg": ["GlobalAveragePool"], "max": ["GlobalMaxPool"]}.get(spec.global_pool)
+    if pool is None:
+        raise ValueError(f"global_pool {spec.global_pool!r} has no ONNX export yet (only 'avg' and 'max')")
+    nodes, inits = [], [numpy_helper.from_array(np.float32(0), "zero"), numpy_helper.from_array(np.float32(6), "six")]
+
+    def const(name: str, value) -> str:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(np.asarray(value, np.float32)), name))
+        return name
+
+    def op(kind: str, inputs: list[str], **attrs) -> str:
+        out = f"{kind.lower()}{len(nodes)}"
+        nodes.append(helper.make_node(kind, inputs, [out], name=out, **attrs))
+        return out
+
+    def conv(x: str, p, c, name: str) -> str:
+        w = np.asarray(p["weight"], np.float32).transpose(3, 2, 0, 1)  # HWIO -> OIHW ([C, 1, k, k] if depthwise)
+        y = op(
+            "Conv",
+            [x, const(f"{name}.weight", w), const(f"{name}.bias", p["bias"])],
+            kernel_shape=[c.kernel_size] * 2,
+            strides=[c.stride] * 2,
+            pads=[c.padding] * 4,
+            group=w.shape[0] if c.depthwise else 1,
+        )
+        return op("Clip", [y, "zero", "six"]) if _act(c) == "relu6" else y
+
+    batch = batch_size if batch_size else "batch"
+    h, w = img_size
+    shape = [batch, 3, h, w] if layout == "nchw" else [batch, h, w, 3]
+    x = "input" if layout == "nchw" else op("Transpose", ["input"], perm=[0, 3, 1, 2])
+    x = conv(x, params["stem"], spec.stem, "stem")
+    for i, ((convs, skip), layers) in enumerate(zip(spec.blocks, params["blocks"], strict=True)):
+        shortcut = x
+        for j, (c, p) in enumerate(zip(convs, layers, strict=True)):
+            x = conv(x, p, c, f"blocks.{i}.{j}")
+        x = op("Add", [x, shortcut]) if skip else x
+    x = op("Flatten", [op(pool[0], [conv(x, params["head"], spec.head, "head")])])
+    if spec.has_classifier:
+        fc = params["classifier"]
+        x = op("Gemm", [x, const("classifier.weight", fc["weight"]), const("classifier.bias", fc["bias"])])
+    nodes[-1].output[0] = "logits"
+    graph = helper.make_graph(
+        nodes,
+        "mv2jax",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, None])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mv2jax")
+    onnx.checker.check_model(model)
+    return model
+
+
+def serialize(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: int | None, layout: str) -> bytes:
+    return onnx_model(fused, img_size, batch_size, layout).SerializeToString()
+
+
+def runner(path: Path, threads: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """`run(x)` -> logits of an ONNX artifact in ONNX Runtime (CPU); `x` in the artifact's own layout."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda x: session.run(["logits"], {"input": np.ascontiguousarray(x, np.float32)})[0]

@@ -1,0 +1,51 @@
+"""StableHLO: `jax.export` of the BN-folded network with lax convolutions (`conv_impl='xla'`), the weights embedded
+as constants, lowered for cpu, cuda and tpu in one serialized artifact.
+
+Input: float32 NHWC `[batch, H, W, 3]` (normalised as the sidecar says), `batch` symbolic unless a batch size is
+fixed. Output: logits `[batch, num_classes]`. Read it back with `jax.export.deserialize(data).call(x)`; JAX refuses
+artifacts older than its compatibility window (about six months of StableHLO versions), so re-export after
+upgrading JAX far past the exporting version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mv2jax.models import FusedMobileNetV2
+
+PLATFORMS = ("cpu", "cuda", "tpu")
+
+
+def xla_formulation(fused: FusedMobileNetV2) -> FusedMobileNetV2:
+    """`fused` computed with lax convolutions over the whole batch at once (same parameters)."""
+    spec = dataclasses.replace(fused.spec, conv_impl="xla")
+    return FusedMobileNetV2(spec, fused.params, batch_chunk=0, in_chans=fused.in_chans)
+
+
+def exported(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: int | None) -> jax.export.Exported:
+    """The `jax.export.Exported` of the network for `img_size` (H, W) inputs, a fixed or a symbolic batch."""
+    net = xla_formulation(fused)
+    params = jax.tree.map(jnp.asarray, net.params)
+    h, w = img_size
+    batch = batch_size if batch_size else "b"
+    shape = jax.export.symbolic_shape(f"{batch}, {h}, {w}, {fused.in_chans}")
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return jax.export.export(jax.jit(lambda x: net.apply(params, x)), platforms=PLATFORMS)(x)
+
+
+def serialize(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: int | None, layout: str) -> bytes:
+    """The serialized artifact (`layout` is always 'nhwc', JAX's)."""
+    return bytes(exported(fused, img_size, batch_size).serialize())
+
+
+def runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """`run(x)` -> logits of a StableHLO artifact, deserialized and run by JAX on the default backend."""
+    artifact = jax.export.deserialize(bytearray(Path(path).read_bytes()))
+    call = jax.jit(artifact.call)
+    return lambda x: np.asarray(call(jnp.asarray(x, jnp.float32)))
