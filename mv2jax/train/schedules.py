@@ -78,7 +78,7 @@ class LrSchedule:
     def _traced_step(self, t, dtype):
         bounds = _floor_div_bounds(self.decay_t, self.t_end + 1)
         values = np.array([self.lr * self.decay_rate**k for k in range(len(bounds) + 1)])
-        k = jnp.searchsorted(jnp.asarray(bounds), t, side="right")
+        k = jnp.searchsorted(jnp.asarray(bounds), t, side="right", method="compare_all")  # no while loop
         in_table = jnp.asarray(values, dtype)[k]
         # past the run (t > t_end): plain float formula, only approximate at decay boundaries
         beyond = self.lr * jnp.power(dtype.type(self.decay_rate), jnp.floor(t.astype(dtype) / self.decay_t))
