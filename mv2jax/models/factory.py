@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mv2jax.convert.checkpoint import adapt_input_conv, hub_config, hub_weights, read_checkpoint
+from mv2jax.convert.state_dict import timm_to_mv2jax
 from mv2jax.models.mobilenetv2 import MobileNetV2
 from mv2jax.models.registry import VARIANTS, pretrained_cfg_for, split_model_name
 
@@ -18,8 +20,6 @@ _HEAD_PREFIXES = ("conv_head.", "bn2.", "classifier.")
 def _resolve_name(name: str) -> tuple[str, dict]:
     """(architecture, pretrained_cfg) for a timm-style name or an `hf-hub:` repo id."""
     if name.startswith(HF_HUB_PREFIX):
-        from mv2jax.convert import hub_config
-
         repo_id = name[len(HF_HUB_PREFIX) :]
         config = hub_config(repo_id)
         architecture = config.get("architecture", "")
@@ -85,14 +85,11 @@ def create_model(
         path = checkpoint_path or _hub_weights_for(cfg, model_name)
         _load_pretrained(model, path, pretrained_classes, in_chans, model_name)
     elif checkpoint_path is not None:
-        from mv2jax.convert import read_checkpoint, timm_to_mv2jax
-
         timm_to_mv2jax(_drop_head(read_checkpoint(checkpoint_path), features_only), model, model_name=model_name)
     return model
 
 
 def _hub_weights_for(cfg: dict, model_name: str) -> str:
-    from mv2jax.convert import hub_weights
 
     if not cfg.get("hf_hub_id"):
         raise ValueError(f"{model_name} has no pretrained weights: use pretrained=False or pass checkpoint_path=")
@@ -108,7 +105,6 @@ def _drop_head(state_dict: dict, features_only: bool) -> dict:
 
 def _load_pretrained(model: MobileNetV2, path, pretrained_classes: int, in_chans: int, model_name: str) -> None:
     """timm's `load_pretrained`: adapt the stem to `in_chans`, drop a classifier of another class count."""
-    from mv2jax.convert import adapt_input_conv, read_checkpoint, timm_to_mv2jax
 
     state_dict = _drop_head(read_checkpoint(path), model.features_only)
     if "conv_stem.weight" in state_dict:
