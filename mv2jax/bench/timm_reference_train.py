@@ -16,15 +16,6 @@ import os
 import time
 from collections import OrderedDict
 
-import torch
-import torch.nn as nn
-from timm import utils
-from timm.data import create_dataset, create_loader, resolve_data_config
-from timm.loss import LabelSmoothingCrossEntropy
-from timm.models import create_model
-from timm.optim import create_optimizer_v2, optimizer_kwargs
-from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
@@ -84,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def validate(model, loader, loss_fn, name):
+    import torch
+    from timm import utils
+
     losses_m, top1_m, top5_m = utils.AverageMeter(), utils.AverageMeter(), utils.AverageMeter()
     model.eval()
     last_idx = len(loader) - 1
@@ -104,6 +98,16 @@ def validate(model, loader, loss_fn, name):
 
 
 def main():
+    # torch and timm load here, not on import: importing the mv2jax package never imports torch
+    import torch
+    import torch.nn as nn
+    from timm import utils
+    from timm.data import create_dataset, create_loader, resolve_data_config
+    from timm.loss import LabelSmoothingCrossEntropy
+    from timm.models import create_model
+    from timm.optim import create_optimizer_v2, optimizer_kwargs
+    from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+
     args = _parser().parse_args()
     device = torch.device(args.device)
     utils.random_seed(args.seed, 0)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from mv2jax.bench.common import BenchConfig, peak_rss_mib, time_calls
+
+if TYPE_CHECKING:
+    import torch
 
 SINGLE_THREAD_SUFFIX = "_1thread"
 
@@ -32,6 +33,8 @@ def _setup(cfg: BenchConfig, variant: str) -> str:
 
 def set_threads(threads: int) -> None:
     """Intra-op threads = the cores JAX uses; inter-op pool too (set once, before any parallel work)."""
+    import torch
+
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(threads)
@@ -41,6 +44,7 @@ def set_threads(threads: int) -> None:
 
 def _create(cfg: BenchConfig, variant: str, **kwargs: Any) -> torch.nn.Module:
     import timm
+    import torch
 
     torch.manual_seed(0)
     model = timm.create_model(cfg.model, num_classes=cfg.num_classes, **kwargs)
@@ -50,11 +54,14 @@ def _create(cfg: BenchConfig, variant: str, **kwargs: Any) -> torch.nn.Module:
 
 
 def _input(cfg: BenchConfig, batch: int, variant: str) -> torch.Tensor:
+    import torch
+
     x = torch.randn(batch, 3, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(0))
     return x.contiguous(memory_format=torch.channels_last) if variant != "eager" else x
 
 
 def _compile(model: torch.nn.Module, *, freeze: bool) -> torch.nn.Module:
+    import torch
     import torch._inductor.config as inductor_config
 
     inductor_config.freezing = freeze
@@ -85,6 +92,8 @@ def _measure(base: dict[str, Any], call: Callable[[], Any], batch: int, cfg: Ben
 
 
 def inference_phase(cfg: BenchConfig, variant: str) -> list[dict[str, Any]]:
+    import torch
+
     base_variant = _setup(cfg, variant)
     model = _create(cfg, base_variant).eval()
     if base_variant == "compile":
@@ -136,6 +145,8 @@ def _train_call(
 
 
 def train_phase(cfg: BenchConfig, variant: str) -> list[dict[str, Any]]:
+    import torch
+
     base_variant = _setup(cfg, variant)
     r = cfg.recipe
     model = _create(cfg, base_variant, drop_rate=r.drop_rate, drop_path_rate=r.drop_path_rate).train()
