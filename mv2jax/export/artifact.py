@@ -29,7 +29,8 @@ IMAGENET_1K = "imagenet-1k"
 
 @dataclass(frozen=True)
 class Format:
-    """One export format: its module (with `serialize(fused, img_size, batch_size, layout) -> bytes` and
+    """One export format: its module (with `serialize(fused, img_size, batch_size, layout) -> bytes`, `fused` being
+    the folded network with lax convolutions, and
     `runner(path) -> run(x) -> logits`), the input layouts it takes (the first is the default), and the packages
     that write and run it."""
 
@@ -85,7 +86,7 @@ def export(
     _require(form.writer, f"writing {fmt}")
     _, h, w = data_config["input_size"]
     serialize = importlib.import_module(form.module).serialize
-    data = serialize(fuse_for_inference(model), (h, w), batch_size, layout)
+    data = serialize(fuse_for_inference(model, conv_impl="xla"), (h, w), batch_size, layout)
     sidecar = dict(
         format=fmt,
         model=name,

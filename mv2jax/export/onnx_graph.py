@@ -1,7 +1,7 @@
 """ONNX: the BN-folded network written as an NCHW graph with the `onnx` package, straight from the folded spec and
-parameters: Conv (with `group` = channels for depthwise layers) + Clip(0, 6) per layer, Add for residuals, global
-pooling, Flatten, Gemm. The weights are the folded float32 arrays (HWIO -> OIHW), so the graph is exact and has no
-per-layer transposes.
+parameters: Conv (with `group` = channels for depthwise layers) + Clip(0, 6) for ReLU6 per layer, Add for
+residuals, global pooling, Flatten, Gemm. The weights are the folded float32 arrays (HWIO -> OIHW), so the graph
+is exact and has no per-layer transposes.
 
 Input `input`: float32 `[batch, 3, H, W]` (NCHW, normalised as the sidecar says), `batch` symbolic unless a batch
 size is fixed; with layout 'nhwc' the input is `[batch, H, W, 3]` and one Transpose at the graph input makes it
@@ -19,11 +19,7 @@ from mv2jax.models import FusedMobileNetV2
 
 OPSET = 17
 LAYOUTS = ("nchw", "nhwc")
-
-
-def _act(conv) -> str | None:
-    # ConvSpec's activation field is being renamed from `relu6: bool` to `act: str | None`.
-    return getattr(conv, "act", None) or ("relu6" if getattr(conv, "relu6", False) else None)
+ACTIVATIONS = {"relu6": ("Clip", "zero", "six"), "relu": ("Relu",)}  # op type, then its constant inputs
 
 
 def onnx_model(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: int | None, layout: str = "nchw"):
@@ -34,7 +30,7 @@ def onnx_model(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: i
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     spec, params = fused.spec, fused.params
-    pool = {"avg": ["GlobalAveragePool"], "max": ["GlobalMaxPool"]}.get(spec.global_pool)
+    pool = {"avg": "GlobalAveragePool", "max": "GlobalMaxPool"}.get(spec.global_pool)
     if pool is None:
         raise ValueError(f"global_pool {spec.global_pool!r} has no ONNX export yet (only 'avg' and 'max')")
     nodes, inits = [], [numpy_helper.from_array(np.float32(0), "zero"), numpy_helper.from_array(np.float32(6), "six")]
@@ -58,7 +54,11 @@ def onnx_model(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: i
             pads=[c.padding] * 4,
             group=w.shape[0] if c.depthwise else 1,
         )
-        return op("Clip", [y, "zero", "six"]) if _act(c) == "relu6" else y
+        if c.act is None:
+            return y
+        if c.act not in ACTIVATIONS:
+            raise ValueError(f"activation {c.act!r} has no ONNX export yet (only {', '.join(ACTIVATIONS)})")
+        return op(ACTIVATIONS[c.act][0], [y, *ACTIVATIONS[c.act][1:]])
 
     batch = batch_size if batch_size else "batch"
     h, w = img_size
@@ -70,7 +70,7 @@ def onnx_model(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: i
         for j, (c, p) in enumerate(zip(convs, layers, strict=True)):
             x = conv(x, p, c, f"blocks.{i}.{j}")
         x = op("Add", [x, shortcut]) if skip else x
-    x = op("Flatten", [op(pool[0], [conv(x, params["head"], spec.head, "head")])])
+    x = op("Flatten", [op(pool, [conv(x, params["head"], spec.head, "head")])])
     if spec.has_classifier:
         fc = params["classifier"]
         x = op("Gemm", [x, const("classifier.weight", fc["weight"]), const("classifier.bias", fc["bias"])])

@@ -9,7 +9,6 @@ upgrading JAX far past the exporting version.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,21 +21,17 @@ from mv2jax.models import FusedMobileNetV2
 PLATFORMS = ("cpu", "cuda", "tpu")
 
 
-def xla_formulation(fused: FusedMobileNetV2) -> FusedMobileNetV2:
-    """`fused` computed with lax convolutions over the whole batch at once (same parameters)."""
-    spec = dataclasses.replace(fused.spec, conv_impl="xla")
-    return FusedMobileNetV2(spec, fused.params, batch_chunk=0, in_chans=fused.in_chans)
-
-
 def exported(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: int | None) -> jax.export.Exported:
-    """The `jax.export.Exported` of the network for `img_size` (H, W) inputs, a fixed or a symbolic batch."""
-    net = xla_formulation(fused)
-    params = jax.tree.map(jnp.asarray, net.params)
+    """The `jax.export.Exported` of `fused` (built with `conv_impl='xla'`) for `img_size` (H, W) inputs, a fixed
+    or a symbolic batch."""
+    if fused.spec.conv_impl != "xla":
+        raise ValueError(f"StableHLO export takes the 'xla' formulation, got conv_impl={fused.spec.conv_impl!r}")
+    params = fused.params
     h, w = img_size
     batch = batch_size if batch_size else "b"
     shape = jax.export.symbolic_shape(f"{batch}, {h}, {w}, {fused.in_chans}")
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
-    return jax.export.export(jax.jit(lambda x: net.apply(params, x)), platforms=PLATFORMS)(x)
+    return jax.export.export(jax.jit(lambda x: fused.apply(params, x)), platforms=PLATFORMS)(x)
 
 
 def serialize(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: int | None, layout: str) -> bytes:
