@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(name it model.safetensors to make its directory a loadable Hub-style repo)",
     )
     parser.add_argument(
+        "--use-ema",
         "--ema",
+        dest="ema",
         action="store_true",
         help="take the EMA weights of a training checkpoint (timm's state_dict_ema, mv2jax's ema)",
     )

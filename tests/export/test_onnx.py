@@ -12,6 +12,7 @@ from mv2jax.models import fuse_for_inference
 from tests.export.conftest import IMG_SIZE, VARIANTS
 from tests.timm_reference import rel_err
 
+pytestmark = pytest.mark.numerics
 TOLERANCE_FACTOR = 2.0
 
 

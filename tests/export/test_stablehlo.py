@@ -13,6 +13,7 @@ from mv2jax.export.stablehlo import PLATFORMS
 from tests.export.conftest import VARIANTS
 from tests.timm_reference import rel_err
 
+pytestmark = pytest.mark.numerics
 TOLERANCE_FACTOR = 2.0
 
 
