@@ -9,6 +9,13 @@ iterator state is just the next step number: resuming replays exactly what an un
 
 Eval (`is_training=False`) visits every example exactly once: the last global batch is padded with
 `mask=False` examples, and every process runs the same number of steps.
+
+An unreadable training image is replaced by the next one (timm's rule). Worker processes read ahead and may read
+one file many times, so they only report what they replaced, with the batch; the iterator warns once per file and
+logs a count per epoch.
+
+Batches from worker processes arrive in shared memory: the iterator unlinks each block as it hands the batch out
+(the mapping stays valid until the array is freed), so nothing outlives the process, whoever keeps the arrays.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import jax
 import numpy as np
 from absl import flags as absl_flags
 from grain.experimental import index_shuffle
+from grain.multiprocessing import SharedMemoryArray
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mv2jax.data.datasets import ImageSource, decode_image
@@ -37,6 +45,8 @@ TrainTransform = Callable[[Any, np.random.Generator], np.ndarray]
 # What a corrupt/unreadable image raises while being read or decoded (PIL uses all four).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError)
 MAX_DECODE_RETRIES = 10  # timm's TIMM_DATASET_MAX_RETRIES default
+# Separators of the per-example report of replaced images: entries are "where<TAB>error", joined by newlines.
+_FIELD, _ENTRY = "\t", "\n"
 
 
 class UnreadableImageError(OSError):
@@ -110,7 +120,8 @@ class StreamPlan:
 
 class PlannedExamples(grain.MapDataset):
     """Per-process stream of transformed examples: `{'image': f32 [H,W,C] (uint8 if the transform returns uint8),
-    'label': i32, 'mask': bool, 'skipped': i32}` (`skipped`: unreadable training images replaced for it)."""
+    'label': i32, 'mask': bool, 'skipped': i32, 'skipped_files': str}` (`skipped`: unreadable training images
+    replaced for it; `skipped_files`: which, and why, one "where<TAB>error" line each)."""
 
     def __init__(self, plan: StreamPlan, source: ImageSource, transform: Callable, is_training: bool):
         super().__init__([])
@@ -134,19 +145,28 @@ class PlannedExamples(grain.MapDataset):
         image = np.asarray(image)
         if image.dtype != np.uint8:  # uint8 stays: a transform that leaves normalising to the device
             image = image.astype(np.float32, copy=False)
-        return {"image": image, "label": np.int32(label), "mask": np.bool_(slot.is_real), "skipped": np.int32(skipped)}
+        return {
+            "image": image,
+            "label": np.int32(label),
+            "mask": np.bool_(slot.is_real),
+            "skipped": np.int32(len(skipped)),
+            "skipped_files": np.str_(_ENTRY.join(skipped)),
+        }
 
-    def _read(self, index: int) -> tuple[Any, int, int]:
-        """Decode example `index`; in training an unreadable one is replaced by the next (timm's rule)."""
-        for attempt in range(MAX_DECODE_RETRIES):
+    def _read(self, index: int) -> tuple[Any, int, list[str]]:
+        """Decode example `index`; in training an unreadable one is replaced by the next (timm's rule). Returns
+        the image, its label and a "where<TAB>error" line per replaced image (reported, not logged, here: this
+        runs in worker processes, which read ahead)."""
+        skipped = []
+        for _ in range(MAX_DECODE_RETRIES):
             try:
                 raw, label = self.source[index]
-                return decode_image(raw), label, attempt
+                return decode_image(raw), label, skipped
             except DECODE_ERRORS as e:
                 where = self.source.describe(index)
                 if not self.is_training:
                     raise UnreadableImageError(f"unreadable image {where}: {e}") from e
-                logger.warning("skipped unreadable image %s: %s", where, e)
+                skipped.append(f"{where}{_FIELD}{' '.join(str(e).split())}")
                 index = (index + 1) % len(self.source)
         raise UnreadableImageError(
             f"{MAX_DECODE_RETRIES} consecutive unreadable images, the last {self.source.describe(index)}"
@@ -205,7 +225,8 @@ class LoaderIterator(grain.DatasetIterator):
     """Yields `{'image': f32 [B,H,W,C] (NHWC), 'label': i32 [B], 'mask': bool [B]}`, B = per-process batch
     (`mask` is False for eval padding; `image` is uint8 if the transform returns uint8).
 
-    `num_skipped` counts unreadable training images replaced so far (log it). `get_state()` is a small
+    `num_skipped` counts unreadable training images replaced so far; each file is warned about once per
+    iterator (the first time it is met) and each epoch with replacements ends with a count. `get_state()` is a small
     JSON-able dict, the same on every process; `set_state()` resumes at exactly the next batch. A grain
     `DatasetIterator`, so `grain.checkpoint.CheckpointSave/CheckpointRestore` store it beside an orbax checkpoint.
     """
@@ -214,6 +235,8 @@ class LoaderIterator(grain.DatasetIterator):
         super().__init__()
         self.loader, self.step, self.num_skipped = loader, step, num_skipped
         self._it: grain.DatasetIterator | None = None
+        self._warned: set[str] = set()  # files already named in a warning
+        self._epoch_skipped = 0  # replaced in the current epoch, since this iterator started
 
     @property
     def epoch(self) -> int:
@@ -224,14 +247,35 @@ class LoaderIterator(grain.DatasetIterator):
             raise StopIteration
         self.start_prefetch()
         batch = dict(next(self._it))
+        for value in batch.values():
+            _unlink_shared_memory(value)
         skipped = int(batch.pop("skipped").sum())
+        reports = batch.pop("skipped_files")
         if skipped:
-            self.num_skipped += skipped
-            logger.warning(
-                "replaced %d unreadable training image(s) in step %d (%d so far)", skipped, self.step, self.num_skipped
-            )
+            self._report_skipped(skipped, reports)
         self.step += 1
+        if self._epoch_skipped and self.step % self.loader.plan.steps_per_epoch == 0:
+            logger.warning(
+                "epoch %d: replaced %d unreadable training image(s) (%d so far in this run)",
+                self.epoch - 1,
+                self._epoch_skipped,
+                self.num_skipped,
+            )
+            self._epoch_skipped = 0
         return batch
+
+    def _report_skipped(self, count: int, reports: np.ndarray) -> None:
+        self.num_skipped += count
+        self._epoch_skipped += count
+        for line in _ENTRY.join(str(r) for r in reports.ravel() if r).split(_ENTRY):
+            where, _, error = line.partition(_FIELD)
+            if where not in self._warned:
+                self._warned.add(where)
+                logger.warning(
+                    "skipped unreadable image %s: %s (replaced by the next image; named once, counted per epoch)",
+                    where,
+                    error,
+                )
 
     def get_state(self) -> dict[str, int]:
         plan = self.loader.plan
@@ -254,6 +298,7 @@ class LoaderIterator(grain.DatasetIterator):
             )
         self.close()
         self.step, self.num_skipped = int(state["step"]), int(state["num_skipped"])
+        self._epoch_skipped = 0
 
     def start_prefetch(self) -> None:
         """Start reading (and worker processes) now, e.g. while the model is restored."""
@@ -266,6 +311,15 @@ class LoaderIterator(grain.DatasetIterator):
         if self._it is not None:
             self._it.close()
             self._it = None
+
+
+def _unlink_shared_memory(value: Any) -> None:
+    """Remove the name of a worker's shared-memory block now, as the last user (grain would only do it when the
+    array is garbage collected, and arrays alive at exit leak: the resource tracker warns). The array stays
+    valid: the memory is freed with its last mapping."""
+    if isinstance(value, SharedMemoryArray) and getattr(value, "_unlink_on_del", False):
+        value.shm.unlink()
+        value._unlink_on_del = False
 
 
 def create_loader(

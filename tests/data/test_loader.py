@@ -219,15 +219,31 @@ def folder_with_corrupt_jpegs(tmp_path) -> tuple[Path, list[str]]:
     return tmp_path, [str(truncated), str(garbage)]
 
 
-def test_corrupt_training_images_are_replaced_and_counted(folder_with_corrupt_jpegs, caplog):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_corrupt_training_images_are_replaced_named_once_and_counted_per_epoch(
+    folder_with_corrupt_jpegs, caplog, num_workers
+):
+    """Each bad file is warned about once in the run, however often it is read (3 epochs here; worker processes
+    read ahead), and each epoch ends with one count."""
     root, bad = folder_with_corrupt_jpegs
     ds = create_dataset("", str(root), split="train")
-    it = iter(create_loader(ds, train_transform, batch_size=4, is_training=True, seed=0, num_epochs=2))
+    loader = create_loader(
+        ds, train_transform, batch_size=4, is_training=True, seed=0, num_epochs=3, num_workers=num_workers
+    )
+    it = iter(loader)
     with caplog.at_level(logging.WARNING, logger="mv2jax.data.loader"):
         batches = list(it)
-    assert len(batches) == 4 and all(b["image"].shape[0] == 4 and b["mask"].all() for b in batches)
-    assert it.num_skipped == 4 and it.get_state()["num_skipped"] == 4  # 2 bad files, each met once per epoch
-    assert all(any(path in r.getMessage() for r in caplog.records) for path in bad)
+    assert len(batches) == 6 and all(b["image"].shape[0] == 4 and b["mask"].all() for b in batches)
+    assert all(set(b) == {"image", "label", "mask"} for b in batches)
+    assert it.num_skipped == 6 and it.get_state()["num_skipped"] == 6  # 2 bad files, each met once per epoch
+    messages = [r.getMessage() for r in caplog.records]
+    named = [m for m in messages if m.startswith("skipped unreadable image")]
+    assert len(named) == 2 and all(sum(path in m for m in named) == 1 for path in bad), messages
+    counts = [m for m in messages if "replaced" in m and m.startswith("epoch")]
+    assert counts == [
+        f"epoch {e}: replaced 2 unreadable training image(s) ({2 * (e + 1)} so far in this run)" for e in range(3)
+    ]
+    assert len(messages) == 5, messages
 
 
 def test_corrupt_eval_image_is_reported_with_its_path(folder_with_corrupt_jpegs):
@@ -241,3 +257,33 @@ def test_corrupt_eval_image_is_reported_with_its_path(folder_with_corrupt_jpegs)
 def test_stream_plan_rejects_a_batch_that_does_not_split_over_processes():
     with pytest.raises(ValueError, match="divisible by the process count"):
         StreamPlan(num_examples=10, global_batch_size=6, shard_count=4)
+
+
+_WORKER_SCRIPT = textwrap.dedent("""
+    from mv2jax.data.loader import create_loader
+    from tests.data.test_loader import IndexedSource, eval_transform, train_transform
+
+    if __name__ == "__main__":
+        kept = []  # batches alive at exit must not leave shared memory behind either
+        kept += list(create_loader(IndexedSource(12), eval_transform, batch_size=4, is_training=False, num_workers=2))
+        it = iter(create_loader(IndexedSource(40), train_transform, batch_size=8, is_training=True, num_workers=2))
+        kept += [next(it) for _ in range(3)]  # stopped mid-stream, with batches read ahead
+        it.close()
+        print(len(kept))
+""")
+
+
+def test_worker_processes_leave_no_shared_memory_behind():
+    """Batches from worker processes arrive in shared memory; none may be left for the resource tracker to find
+    at exit (it warns 'There appear to be N leaked shared_memory objects')."""
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", _WORKER_SCRIPT], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["6"]
+    assert "leaked" not in out.stderr and "resource_tracker" not in out.stderr, out.stderr[-3000:]
