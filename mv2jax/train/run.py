@@ -354,6 +354,19 @@ def _check_same_run(run: Run, meta: Mapping[str, Any]) -> None:
         )
 
 
+def _check_same_model(run: Run, meta: Mapping[str, Any], where: str) -> None:
+    """Refuse, in one line, a checkpoint of another network before restoring it (orbax would fail deep inside
+    with a shape error)."""
+    keys = ("model_name", "num_classes", "in_chans", "global_pool")
+    diffs = [k for k in keys if k in meta and meta[k] != run.model_meta[k]]
+    if diffs:
+        there = ", ".join(f"{k} {meta[k]!r} there, {run.model_meta[k]!r} now" for k in diffs)
+        raise ConfigError(
+            f"{where} is a checkpoint of another network ({there}); pass the --model/--num-classes/--in-chans/--gp "
+            "it was trained with, or another --resume"
+        )
+
+
 def resume(run: Run, state: TrainState, ckpt: TrainCheckpointer) -> tuple[TrainState, Start]:
     """The state to start from: `--resume PATH`, else the run directory's latest checkpoint, else `state`.
     `--start-epoch` overrides the epoch (and update count) either way, as in timm."""
@@ -368,7 +381,10 @@ def resume(run: Run, state: TrainState, ckpt: TrainCheckpointer) -> tuple[TrainS
         _check_same_run(run, ckpt.read_meta(step))
     start = Start()
     if source is not None:
-        restored = source.restore(step, state, restore_opt=not config.no_resume_opt)
+        where = f"{source.directory}/{step}"
+        _check_same_model(run, source.read_meta(step), where)
+        with _user_errors(f"checkpoint {where}"):  # e.g. an optimizer state of another layout
+            restored = source.restore(step, state, restore_opt=not config.no_resume_opt)
         meta = restored.meta
         state = restored.state
         start = Start(
