@@ -29,6 +29,7 @@ from typing import Any
 
 from mv2jax import host_memory
 from mv2jax.bench.common import MODEL_MODES, BenchConfig, LoaderBench, RooflineBench, available_cores, machine_info
+from mv2jax.bench.export_side import VARIANTS as EXPORT_VARIANTS
 from mv2jax.bench.report import format_report, summarize
 from mv2jax.bench.sample_jpegs import describe_image_folder, write_sample_jpegs
 
@@ -73,6 +74,8 @@ def plan(args: argparse.Namespace) -> list[Phase]:
     if not args.skip_timm:
         variants = ["eager", "channels_last", "channels_last_1thread"] + ([] if args.no_torch_compile else ["compile"])
         phases += [Phase("timm", m, v) for m in modes for v in variants]
+        if not args.quick:  # exported artifacts in ONNX Runtime / OpenVINO, timm's own ONNX export beside them
+            phases += [Phase("export", "inference", v) for v in EXPORT_VARIANTS]
     if not args.skip_loader:
         phases += [Phase(side, "loader", LOADER_VARIANT) for side in ("mv2jax", "timm")[: 1 if args.skip_timm else 2]]
     return [p for p in phases if selected(p, args.phases)]
@@ -97,6 +100,10 @@ def run_phase(phase: Phase, cfg: BenchConfig) -> list[dict[str, Any]]:
         from mv2jax.bench import loader_side
 
         return (loader_side.mv2jax_phase if phase.side == "mv2jax" else loader_side.timm_phase)(cfg, phase.variant)
+    if phase.side == "export":
+        from mv2jax.bench import export_side
+
+        return export_side.inference_phase(cfg, phase.variant)
     if phase.side == "mv2jax":
         from mv2jax.bench import jax_side
 
