@@ -81,6 +81,49 @@ def test_random_fill_boxes_equal_timm_and_fill_statistics(mode, normalized_photo
         assert np.mean(np.array(per_box_unique) > 1) > 0.9
 
 
+def _erased_pixels(erase, n: int, shape=(48, 64, 3)) -> list[np.ndarray]:
+    """The pixels of the box erased in each of `n` NaN images, as [pixels, channels] (the box is where the output
+    is a number: no box position or RNG log is trusted, only what was written into the image)."""
+    boxes = []
+    for _ in range(n):
+        out = erase(np.full(shape, np.nan, np.float32))
+        written = ~np.isnan(out)
+        assert (written.all(-1) == written.any(-1)).all()  # whole pixels, every channel
+        if written.any():
+            boxes.append(out[written.all(-1)])
+    return boxes
+
+
+@pytest.mark.parametrize("mode", ["pixel", "rand"])
+@pytest.mark.parametrize("side", ["mv2jax", "timm"])
+def test_random_fill_statistics_measured_on_the_erased_pixels(mode, side):
+    """'pixel': every erased value is N(0, 1) on its own; 'rand': one N(0, 1) colour per box, different per
+    channel. Measured on the pixels each library wrote (timm checked by the same rule, so the rule holds for the
+    reference), to 5 standard errors of the sample mean and standard deviation; a zero fill fails it."""
+    config = dict(probability=1.0, min_area=0.2, max_area=0.4, mode=mode)
+    n = 300
+    if side == "timm":
+        timm_re = TimmRandomErasing(device="cpu", **config)
+        random.seed(0)
+        torch.manual_seed(0)
+        boxes = _erased_pixels(lambda x: _timm_erase(timm_re, x), n)
+    else:
+        rng = np.random.default_rng(0)
+        ours = RandomErasing(**config)
+        boxes = _erased_pixels(lambda x: ours(x, rng), n)
+    assert len(boxes) > 0.9 * n
+    if mode == "pixel":
+        values = np.concatenate([b.ravel() for b in boxes]).astype(np.float64)
+        assert all(len(np.unique(b, axis=0)) > 0.9 * len(b) for b in boxes)  # a value per pixel
+    else:
+        assert all((b == b[0]).all() for b in boxes)  # one colour per box ...
+        values = np.stack([b[0] for b in boxes]).astype(np.float64)
+        assert np.mean([len(set(b[0].tolist())) == 3 for b in boxes]) > 0.99  # ... not one grey level
+    m = values.size
+    assert abs(values.mean()) < 5 / np.sqrt(m), values.mean()
+    assert abs(values.std() - 1) < 5 / np.sqrt(2 * m), values.std()
+
+
 def _boxes(erase, n, shape=(40, 56)):
     """(erased, top, left, h, w) of the single box erased in a ones image, n times."""
     out = np.zeros((n, 5))
