@@ -29,10 +29,9 @@ IMAGENET_1K = "imagenet-1k"
 
 @dataclass(frozen=True)
 class Format:
-    """One export format: its module (with `serialize(fused, img_size, batch_size, layout) -> bytes`, `fused` being
-    the folded network with lax convolutions, and
-    `runner(path) -> run(x) -> logits`), the input layouts it takes (the first is the default), and the packages
-    that write and run it."""
+    """One export format: its module, the input layouts it takes (the first is the default), and the packages that
+    write and run it. The module has `serialize(fused, img_size, batch_size, layout) -> bytes` (`fused`: the folded
+    network with lax convolutions) and `runner(path) -> run(x) -> logits` (`x` in the artifact's layout)."""
 
     module: str
     layouts: tuple[str, ...]
