@@ -30,8 +30,19 @@ def test_export_of_a_fresh_model_loads_strictly_into_timm():
 
 
 def test_checkpoint_without_num_batches_tracked_loads():
-    ref = {k: v for k, v in state_dict_numpy(timm_model("mobilenetv2_035")).items() if "num_batches" not in k}
-    timm_to_mv2jax(ref, mv2jax.create_model("mobilenetv2_035"))
+    """Checkpoints saved before PyTorch counted batches lack `num_batches_tracked`: every other tensor loads
+    exactly, and the counters read 0, as in a timm model loading the same checkpoint."""
+    full = state_dict_numpy(timm_model("mobilenetv2_035", seed=2))
+    ref = {k: v for k, v in full.items() if "num_batches" not in k}
+    assert len(ref) < len(full) and all(full[k].any() for k in full if "num_batches" in k)  # counters were set
+    exported = mv2jax_to_timm(timm_to_mv2jax(ref, mv2jax.create_model("mobilenetv2_035")))
+    assert set(exported) == set(full)
+    for k, v in ref.items():
+        np.testing.assert_array_equal(exported[k], v, err_msg=k)
+    tmodel = timm.create_model("mobilenetv2_035")
+    tmodel.load_state_dict({k: torch.from_numpy(v) for k, v in ref.items()}, strict=False)
+    counters = {k: v.numpy() for k, v in tmodel.state_dict().items() if "num_batches" in k}
+    assert counters and all(np.array_equal(exported[k], counters[k]) and not counters[k].any() for k in counters)
 
 
 def test_checkpoint_of_another_variant_lists_wrong_shapes_in_one_line():
