@@ -1,0 +1,152 @@
+"""`python train.py` end to end on what a user gets wrong or interrupts: every bad input is one `train.py: error:`
+line with exit code 2 that leaves what is on disk as it was; SIGTERM mid-epoch saves at the next update, not at the
+epoch's end; `--resume PATH` continues exactly as rerunning the interrupted run does; `--no-resume-opt` restores the
+weights, EMA and step with a fresh optimizer state."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from tests.train.test_checkpoint import (
+    TIMEOUT,
+    assert_trees_equal,
+    final_state,
+    launch,
+    leaves,
+    output,
+    steps_saved,
+    wait,
+)
+
+# One long epoch: a SIGTERM sent after the first logged update is many updates away from the epoch's end.
+LONG_EPOCH = 40
+FLAGS = ["--epochs", "1", "--steps-per-epoch", str(LONG_EPOCH)]
+# Updates that may finish between reading the log and the signal's arrival on a loaded machine (one update of
+# this run takes ~0.2 s on 2 cores; the signal is seen before the next update starts).
+SIGNAL_SLACK = 5
+
+
+def _logged_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "log.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r["step"] for r in records if r.get("kind") == "step"]
+
+
+def _files(root: Path) -> dict[str, str]:
+    """Every file under `root` with its content hash: what a failed command must leave as it was."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+def _one_error_line(run_dir: Path, n: int) -> str:
+    err = (run_dir / f"stderr{n}").read_text()
+    messages = [line for line in err.splitlines() if line.startswith("train.py:")]
+    assert len(messages) == 1 and messages[0].startswith("train.py: error: "), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    return messages[0]
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory) -> SimpleNamespace:
+    """A run sent SIGTERM (to its process group, as a scheduler does) as soon as its first update is logged."""
+    run_dir = tmp_path_factory.mktemp("cli") / "interrupted"
+    proc = launch(run_dir, *FLAGS)
+    deadline = time.monotonic() + TIMEOUT
+    while not _logged_steps(run_dir) and time.monotonic() < deadline:
+        assert proc.poll() is None, output(run_dir, 0)[-3000:]
+        time.sleep(0.02)
+    logged = max(_logged_steps(run_dir), default=None)
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert wait(proc, run_dir, 0) == 0, output(run_dir, 0)[-3000:]
+    assert logged is not None
+    text = output(run_dir, 0)
+    assert "SIGTERM: checkpoint saved at update " in text, text[-3000:]
+    stopped = int(text.split("SIGTERM: checkpoint saved at update ")[1].split()[0])
+    return SimpleNamespace(dir=run_dir, logged=logged, stopped=stopped, ckpt=run_dir / "checkpoints" / str(stopped))
+
+
+def test_sigterm_mid_epoch_saves_at_the_next_update_not_at_the_epoch_end(interrupted):
+    # A run that stopped only at epoch boundaries would have saved at update LONG_EPOCH.
+    assert interrupted.logged < interrupted.stopped <= interrupted.logged + SIGNAL_SLACK < LONG_EPOCH
+    assert steps_saved(interrupted.dir) == [interrupted.stopped]
+    assert "Traceback" not in output(interrupted.dir, 0)
+
+
+def test_resume_path_continues_exactly_as_rerunning_the_interrupted_run(interrupted, tmp_path):
+    before = _files(interrupted.dir)
+    rerun_dir, resumed_dir = tmp_path / "rerun", tmp_path / "resumed"
+    shutil.copytree(interrupted.dir, rerun_dir)
+    procs = {
+        rerun_dir: launch(rerun_dir, *FLAGS),  # same command, same directory: resumes by itself
+        resumed_dir: launch(resumed_dir, *FLAGS, "--resume", str(interrupted.ckpt)),
+    }
+    n = {rerun_dir: 1, resumed_dir: 0}
+    for d, p in procs.items():
+        assert wait(p, d, n[d]) == 0, output(d, n[d])[-3000:]
+    assert f"Resumed from {interrupted.ckpt} at epoch 0, update {interrupted.stopped}" in output(resumed_dir, 0)
+    assert steps_saved(resumed_dir) == steps_saved(rerun_dir)[-1:] == [LONG_EPOCH]
+    assert_trees_equal(final_state(resumed_dir, LONG_EPOCH), final_state(rerun_dir, LONG_EPOCH))
+    assert _files(interrupted.dir) == before  # --resume only reads
+
+
+def test_optimizer_of_another_layout_is_one_error_line_and_no_resume_opt_starts_a_fresh_one(interrupted, tmp_path):
+    """--opt momentum cannot take RMSpropTF's state: one line naming --no-resume-opt, nothing written. With it,
+    the run restores weights, EMA and step with momentum's fresh (zero) state; `--steps-per-epoch` at the saved
+    update makes the resumed run's only work the epoch end, which saves a checkpoint to compare."""
+    before = _files(interrupted.dir)
+    refused, fresh = tmp_path / "refused", tmp_path / "fresh"
+    ckpt = ["--resume", str(interrupted.ckpt), "--opt", "momentum"]
+    assert wait(launch(refused, *FLAGS, *ckpt), refused, 0) == 2, output(refused, 0)[-3000:]
+    line = _one_error_line(refused, 0)
+    assert "optimizer state does not fit" in line and "--no-resume-opt" in line
+    assert steps_saved(refused) == []
+
+    at = ["--epochs", "1", "--steps-per-epoch", str(interrupted.stopped)]
+    assert wait(launch(fresh, *at, *ckpt, "--no-resume-opt"), fresh, 0) == 0, output(fresh, 0)[-3000:]
+    assert steps_saved(fresh) == [interrupted.stopped]
+    source, restored = final_state(interrupted.dir, interrupted.stopped), final_state(fresh, interrupted.stopped)
+    assert_trees_equal(restored["state"], source["state"])  # weights, BatchNorm statistics, EMA, step, rng
+    opt = leaves(restored["opt_state"])
+    counts = {k: v for k, v in opt.items() if "count" in k}
+    assert counts and all(int(v) == interrupted.stopped for v in counts.values())  # the schedule goes on
+    buffers = {k: v for k, v in opt.items() if np.issubdtype(v.dtype, np.floating)}  # not the packing offsets
+    assert buffers and all(not np.any(v) for v in buffers.values())  # momentum's fresh trace is zero
+    assert any(np.any(v) for v in leaves(source["opt_state"]).values() if np.issubdtype(v.dtype, np.floating))
+    assert _files(interrupted.dir) == before
+
+
+def test_each_bad_input_is_one_error_line_exit_2_and_nothing_on_disk_changes(interrupted, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {
+        "no_data_dir": (["--dataset", "folder"], "needs --data-dir"),
+        "empty_data_dir": (["--dataset", "folder", "--data-dir", str(empty)], "no .png/.jpg/.jpeg images under"),
+        "no_checkpoint": (["--resume", str(empty)], f"--resume {empty}: no checkpoint there"),
+        "other_model": (
+            ["--resume", str(interrupted.ckpt), "--model", "mobilenetv2_050"],
+            "is a checkpoint of another network (model_name 'mobilenetv2_035' there, 'mobilenetv2_050' now)",
+        ),
+    }
+    before = _files(interrupted.dir)
+    procs = {name: launch(tmp_path / name, *FLAGS, *flags) for name, (flags, _) in cases.items()}
+    for name, proc in procs.items():
+        run_dir = tmp_path / name
+        assert wait(proc, run_dir, 0) == 2, (name, output(run_dir, 0)[-3000:])
+        line = _one_error_line(run_dir, 0)
+        assert cases[name][1] in line, (name, line)
+        assert steps_saved(run_dir) == [], name
+    assert _files(interrupted.dir) == before
+    assert list(empty.iterdir()) == []
