@@ -1,5 +1,6 @@
 """Shared helpers for tests against the real timm package: models with randomised BatchNorm (default
-statistics hide errors), conversion to mv2jax, seeded inputs, jitted and timm forwards, and relative errors."""
+statistics hide errors), conversion to mv2jax, seeded inputs, jitted and timm forwards, and `rel_err` (defined
+in mv2jax.convert.verify, which `convert_weights.py --verify` applies by the same rule)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from flax import nnx
 
 import mv2jax
 from mv2jax.convert import timm_to_mv2jax
+from mv2jax.convert.verify import rel_err  # noqa: F401  (the one error measure; tests import it from here)
 
 
 def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -70,11 +72,3 @@ def to_nhwc(out):
         return [to_nhwc(o) for o in out]
     a = out.detach().cpu().numpy()
     return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
-
-
-def rel_err(a, ref) -> float:
-    """max|a - ref| / max|ref|, in float64 (max|a - ref| when ref is all zeros)."""
-    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
-    assert a.shape == ref.shape, (a.shape, ref.shape)
-    scale = np.max(np.abs(ref))
-    return float(np.max(np.abs(a - ref)) / (scale if scale > 0 else 1.0))

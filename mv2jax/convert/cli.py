@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import mv2jax
+from mv2jax.cli_parser import OneLineErrorParser
 from mv2jax.convert.files import read_safetensors
 from mv2jax.convert.from_timm import import_from_timm
 from mv2jax.convert.to_timm import export_to_timm, load_mv2jax
-from mv2jax.convert.verify import DEFAULT_RTOL, photo_path, verify
+from mv2jax.convert.verify import photo_path, verify
 
 PROG = "convert_weights.py"
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -33,7 +34,7 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=f"python {PROG}",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -91,12 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="photograph for --verify (default: scikit-learn's sklearn/datasets/images/china.jpg)",
     )
-    parser.add_argument(
-        "--rtol",
-        type=float,
-        default=DEFAULT_RTOL,
-        help=f"--verify fails when max|logit diff| / max|timm logit| exceeds this (default: {DEFAULT_RTOL:g})",
-    )
     return parser
 
 
@@ -125,9 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         # check what was written, read back as its users will read it
         if args.to_timm:
-            ok = verify(model, read_safetensors(output), image, args.rtol)
+            ok = verify(model, read_safetensors(output), image)
         else:
-            ok = verify(load_mv2jax(output)[0], source_state_dict, image, args.rtol)
+            ok = verify(load_mv2jax(output)[0], source_state_dict, image)
         return EXIT_OK if ok else EXIT_VERIFY_FAILED
     except USER_ERRORS as e:
         print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
@@ -149,8 +144,6 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError("--input is for --to-timm; to import timm weights pass --checkpoint FILE")
     if args.verify and not all(importlib.util.find_spec(m) for m in ("timm", "torch")):
         raise ImportError("--verify needs timm and torch (the test extra): pip install 'mv2jax[test]'")
-    if not args.rtol > 0:
-        raise ValueError(f"--rtol must be positive, got {args.rtol}")
 
 
 class _DropMessage(logging.Filter):

@@ -1,6 +1,8 @@
 """`convert_weights.py --verify`: an mv2jax model against timm's model built from the same weights. The tensors
-must be bit-identical, and the float32 logits must agree (relative to their scale, with the same top-k classes) on
-random inputs and on a photograph through the timm-identical eval transform. Needs timm and torch."""
+must be bit-identical, and the float32 logits must pass the rule the test suite applies everywhere: with timm in
+float64 as the reference, mv2jax's float32 error may be at most `YARDSTICK_FACTOR` times timm's own float32 error
+(`rel_err` over the whole logits tensor), with the same top-k classes up to ties within that error; on random
+inputs and on a photograph through the timm-identical eval transform. Needs timm and torch."""
 
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ from mv2jax.convert.state_dict import mv2jax_to_timm
 from mv2jax.data import create_transform, resolve_data_config
 from mv2jax.models import MobileNetV2
 
-DEFAULT_RTOL = 1e-4  # fp32 JAX vs fp32 torch logits agree to ~1e-6 of their scale; a wrong tensor moves them >1e-3
+# mv2jax float32 may be this many times as far from timm float64 as timm float32 is: a reordered sum is as good as
+# timm's own, and a wrong tensor moves the logits by orders of magnitude more.
+YARDSTICK_FACTOR = 2.0
 TOPK = 5
 RANDOM_BATCH = 4
 SEED = 0
@@ -29,14 +33,19 @@ class Comparison:
 
     name: str
     shape: tuple[int, ...]  # the NHWC input
-    max_abs: float  # max |mv2jax - timm|
-    rel: float  # max_abs / max |timm|
-    top_agree: int  # samples whose top-k classes agree (up to ties, see `top_k_agreement`)
+    max_abs: float  # max |mv2jax float32 - timm float64|
+    rel: float  # rel_err(mv2jax float32, timm float64)
+    timm_rel: float  # rel_err(timm float32, timm float64): the yardstick
+    top_agree: int  # samples whose top-k classes agree with timm float64's (up to ties, see `top_k_agreement`)
     top_exact: int  # samples whose top-k classes agree in the same order exactly
     count: int
 
-    def passed(self, rtol: float) -> bool:
-        return self.rel <= rtol and self.top_agree == self.count
+    @property
+    def bound(self) -> float:
+        return YARDSTICK_FACTOR * self.timm_rel
+
+    def passed(self) -> bool:
+        return self.rel <= self.bound and self.top_agree == self.count
 
     def line(self, k: int, width: int) -> str:
         shape = "x".join(map(str, self.shape))
@@ -45,15 +54,30 @@ class Comparison:
             if k
             else "(pooled features: no classes to rank)"
         )
-        return f"  {self.name:<{width}}  {shape:<14} max|diff| {self.max_abs:.3e}  rel {self.rel:.3e}  {top}"
+        return (
+            f"  {self.name:<{width}}  {shape:<14} max|diff| {self.max_abs:.3e}  rel {self.rel:.3e}  "
+            f"(timm fp32 {self.timm_rel:.3e}, bound {self.bound:.3e})  {top}"
+        )
 
 
-def verify(model: MobileNetV2, timm_state_dict: Mapping[str, np.ndarray], image: Path | None, rtol: float) -> bool:
+def rel_err(a: np.ndarray, ref: np.ndarray) -> float:
+    """max|a - ref| / max|ref| over the whole tensor, in float64 (max|a - ref| when ref is all zeros): the error
+    measure of every parity check (the tests import it from here)."""
+    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    assert a.shape == ref.shape, (a.shape, ref.shape)
+    scale = np.max(np.abs(ref))
+    return float(np.max(np.abs(a - ref)) / (scale if scale > 0 else 1.0))
+
+
+def verify(model: MobileNetV2, timm_state_dict: Mapping[str, np.ndarray], image: Path | None) -> bool:
     """Check `model` against timm's model holding `timm_state_dict`: the tensors bit for bit, then the logits on
     random inputs and a photograph. Prints a report; returns whether every check passed."""
     import timm
 
-    print(f"verify {model.pretrained_cfg['architecture']} against timm {timm.__version__} (float32, rtol {rtol:g})")
+    print(
+        f"verify {model.pretrained_cfg['architecture']} against timm {timm.__version__}: float32 error vs timm "
+        f"float64 at most {YARDSTICK_FACTOR:g}x timm float32's own"
+    )
     try:
         tmodel = timm_reference(model, timm_state_dict)
     except (RuntimeError, ValueError) as e:
@@ -67,12 +91,12 @@ def verify(model: MobileNetV2, timm_state_dict: Mapping[str, np.ndarray], image:
         batches[image.name] = photo_inputs(model, image)
     else:
         print(f"  (photograph skipped: the model takes {model.in_chans} channels)")
-    results = compare_logits(model, tmodel, batches, rtol)
+    results = compare_logits(model, tmodel, batches)
     width = max(len(name) for name in batches)
     k = min(TOPK, model.num_classes)
     for result in results:
         print(result.line(k, width))
-    ok = not differ and all(r.passed(rtol) for r in results)
+    ok = not differ and all(r.passed() for r in results)
     print(f"verify: {'PASS' if ok else 'FAIL: the weights do not reproduce timm, do not use this output'}")
     return ok
 
@@ -94,13 +118,13 @@ def _short(keys: list[str], limit: int = 3) -> str:
     return ", ".join(keys[:limit]) + (f", ... (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def compare_logits(model: MobileNetV2, tmodel, batches: Mapping[str, np.ndarray], rtol: float) -> list[Comparison]:
+def compare_logits(model: MobileNetV2, tmodel, batches: Mapping[str, np.ndarray]) -> list[Comparison]:
     """One Comparison per named NHWC batch; all batches run as one (one compilation)."""
-    out, ref = run_both(model, tmodel, np.concatenate(list(batches.values())))
+    out, ref32, ref64 = run_both(model, tmodel, np.concatenate(list(batches.values())))
     k, start, results = min(TOPK, model.num_classes), 0, []
     for name, x in batches.items():
         part = slice(start, start + len(x))
-        results.append(compare(name, x.shape, out[part], ref[part], k, rtol))
+        results.append(compare(name, x.shape, out[part], ref32[part], ref64[part], k))
         start += len(x)
     return results
 
@@ -142,22 +166,32 @@ def photo_inputs(model: MobileNetV2, image: Path) -> np.ndarray:
 _jit_forward = nnx.jit(lambda model, x: model(x))  # one compilation per variant and batch shape
 
 
-def run_both(model: MobileNetV2, tmodel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mv2jax output, timm output) in float64 for an NHWC float32 batch (timm gets it as NCHW)."""
+def run_both(model: MobileNetV2, tmodel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mv2jax float32, timm float32, timm float64) outputs, as float64 arrays, for an NHWC float32 batch (timm
+    gets it as NCHW; its float64 run is a copy of the model)."""
+    import copy
+
     import torch
 
     out = np.asarray(_jit_forward(model, x), np.float64)
+    nchw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     with torch.no_grad():
-        ref = tmodel(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy().astype(np.float64)
-    return out, ref
+        ref32 = tmodel(nchw).numpy().astype(np.float64)
+        ref64 = copy.deepcopy(tmodel).double()(nchw.double()).numpy()
+    return out, ref32, ref64
 
 
-def compare(name: str, shape: tuple[int, ...], out: np.ndarray, ref: np.ndarray, k: int, rtol: float) -> Comparison:
-    max_abs = float(np.max(np.abs(out - ref)))
-    scale = float(np.max(np.abs(ref))) or 1.0
+def compare(
+    name: str, shape: tuple[int, ...], out: np.ndarray, ref32: np.ndarray, ref64: np.ndarray, k: int
+) -> Comparison:
+    """mv2jax's float32 `out` and timm's float32 `ref32` against timm's float64 `ref64`."""
+    max_abs = float(np.max(np.abs(out - ref64)))
+    rel, timm_rel = rel_err(out, ref64), rel_err(ref32, ref64)
     count = len(out)
-    agree, exact = top_k_agreement(out, ref, k, tie=2 * rtol * scale) if k else (count, count)
-    return Comparison(name, tuple(shape), max_abs, max_abs / scale, agree, exact, count)
+    # Classes whose float64 logits lie within twice the allowed error of each other may swap ranks.
+    tie = 2 * YARDSTICK_FACTOR * timm_rel * (float(np.max(np.abs(ref64))) or 1.0)
+    agree, exact = top_k_agreement(out, ref64, k, tie=tie) if k else (count, count)
+    return Comparison(name, tuple(shape), max_abs, rel, timm_rel, agree, exact, count)
 
 
 def top_k_agreement(out: np.ndarray, ref: np.ndarray, k: int, tie: float) -> tuple[int, int]:
