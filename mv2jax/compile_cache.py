@@ -1,9 +1,9 @@
 """JAX's persistent compilation cache, on by default in train.py (`--compile-cache`).
 
-Compiling the train step of mobilenetv2_100 takes ~20 s on a 2-core CPU; with the compiled program read back from
-the cache a rerun (same model, shapes, flags, jax version) starts in ~3 s. The directory is, in order: the
-`path` argument ('' turns the cache off), `$JAX_COMPILATION_CACHE_DIR` (JAX's own setting), or
-`~/.cache/mv2jax/xla` (`$XDG_CACHE_HOME` respected).
+Compiling the train step is the slowest part of starting a run on a CPU; a rerun (same model, shapes, flags, jax
+version) reads the compiled program back from the cache instead, several times faster (BENCHMARKS.md has the
+measured times). The directory is, in order: the `path` argument ('' turns the cache off),
+`$JAX_COMPILATION_CACHE_DIR` (JAX's own setting), or `~/.cache/mv2jax/xla` (`$XDG_CACHE_HOME` respected).
 """
 
 from __future__ import annotations
