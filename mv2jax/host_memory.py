@@ -1,25 +1,24 @@
 """A host allocator setting that keeps big CPU buffers mapped from one step to the next.
 
-XLA:CPU allocates each step's temporaries afresh (~2.3 GB for a batch-32 MobileNetV2 train step). glibc's
-malloc serves blocks that large with mmap and returns them with munmap, so every step touches fresh 4 KiB pages.
-On this project's 2-core benchmark machine that was ~595,000 page faults and ~1.1 s of kernel time per train
-step, a third of all CPU time. glibc tunables fix it:
+XLA:CPU allocates each step's temporaries afresh (gigabytes for a batch-32 MobileNetV2 train step). glibc's
+malloc serves blocks that large with mmap and returns them with munmap, so every step touches fresh 4 KiB pages:
+page faults and kernel time become a large share of each train step (BENCHMARKS.md has the measurements). glibc
+tunables fix it:
 - `glibc.malloc.mmap_max=0` and `glibc.malloc.arena_max=1`: big blocks come from the main heap. Without the
   arena limit, XLA's worker threads get their own arenas, and those still mmap big blocks;
 - a `trim_threshold` of 64 GiB: freed memory stays in the heap for the next step instead of going back to the
   kernel;
 - `glibc.malloc.hugetlb=1` (glibc >= 2.35, when the kernel's transparent-huge-page mode is `madvise` or
   `always`): the heap on 2 MiB pages, fewer TLB misses.
-Measured there: ~1.9 s -> ~1.4 s per train step, and no page faults in steady state. RSS then shows the
-retained heap: up to ~8 GB against ~3.5 GB for that step.
+In steady state there are then no page faults, and RSS shows the retained heap, well above one step's own
+peak.
 
 Huge pages alone (without keeping the heap) were as fast back to back. But any pause between steps (sleep,
-loading, eval) brought back ~1 s of kernel time per step, in page compaction.
+loading, eval) brought the kernel time back, spent in page compaction.
 
-The setting is for training, and it has costs. XLA compiles slower under one arena: the batch-32 train step took
-~9.6 s instead of ~7 s. That is paid once per run, and not at all from the compile cache. One arena also costs
-small programs: fused inference at batch 1 ran ~10% slower under it (threads contend for the one heap), and
-batch 32 a few % slower. So only `train.py` applies it. It re-executes
+The setting is for training, and it has costs. XLA compiles slower under one arena: paid once per run, and not
+at all from the compile cache. One arena also costs small programs: fused inference runs slower under it
+(threads contend for the one heap), at batch 1 most. So only `train.py` applies it. It re-executes
 itself once with the tunables, because glibc reads them when a process starts (`reexec_with_host_allocator`).
 The benchmark does the same, for timm's phases and mv2jax's alike. Set `MV2JAX_HOST_ALLOCATOR=0` to keep glibc's
 defaults. In your own training program, export `GLIBC_TUNABLES` as `tunables()` gives it before starting
