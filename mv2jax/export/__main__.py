@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from mv2jax.convert.verify import photo_path
-from mv2jax.export.artifact import FORMATS, NOT_YET, export, get_format
+from mv2jax.export.artifact import FORMATS, export, get_format
 from mv2jax.export.source import data_config, load_model, model_name
 
 PROG = "mv2jax.export"
@@ -34,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog=f"python -m {PROG}",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Export a MobileNetV2 (BatchNorm folded) to ONNX or StableHLO, with a JSON sidecar FILE.json "
-        "holding its preprocessing (input size, layout, mean/std, crop_pct, interpolation, class count).",
+        description="Export a MobileNetV2 to ONNX or StableHLO (BatchNorm folded) or LiteRT (.tflite), with a JSON "
+        "sidecar FILE.json holding its preprocessing (input size, layout, mean/std, crop_pct, interpolation, "
+        "class count).",
     )
     p.add_argument("--model", "-m", metavar="NAME", help="timm model name; required with --pretrained or a file")
     p.add_argument("--pretrained", action="store_true", help="timm's Hub weights for --model")
@@ -45,14 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="a timm checkpoint file (.safetensors, .pth) or an mv2jax checkpoint directory (a train.py step)",
     )
     p.add_argument("--use-ema", "--ema", dest="use_ema", action="store_true", help="the checkpoint's EMA weights")
-    p.add_argument("--format", required=True, metavar="FORMAT", help=f"one of {', '.join([*FORMATS, *NOT_YET])}")
+    p.add_argument("--format", required=True, metavar="FORMAT", help=f"one of {', '.join(FORMATS)}")
     p.add_argument("--output", "-o", required=True, metavar="FILE", help="the artifact to write (plus FILE.json)")
     p.add_argument("--img-size", type=int, metavar="N", help="input height and width (default: the model's)")
-    p.add_argument("--batch-size", type=int, metavar="N", help="fix the batch size (default: any batch size)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="fix the batch size (default: any; tflite: 1)")
     p.add_argument(
         "--layout",
         choices=("nchw", "nhwc"),
-        help="input layout: ONNX defaults to nchw (nhwc adds one Transpose at the input); StableHLO is nhwc",
+        help="input layout: ONNX defaults to nchw (nhwc adds one Transpose at the input); StableHLO is nhwc, "
+        "tflite nchw",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing FILE (still atomically)")
     p.add_argument(

@@ -22,33 +22,36 @@ import numpy as np
 
 import mv2jax
 from mv2jax.convert.files import refuse_existing, sibling
-from mv2jax.models import MobileNetV2, fuse_for_inference
+from mv2jax.models import MobileNetV2
 
 IMAGENET_1K = "imagenet-1k"
 
 
 @dataclass(frozen=True)
 class Format:
-    """One export format: its module, the input layouts it takes (the first is the default), and the packages that
-    write and run it. The module has `serialize(fused, img_size, batch_size, layout) -> bytes` (`fused`: the folded
-    network with lax convolutions) and `runner(path) -> run(x) -> logits` (`x` in the artifact's layout)."""
+    """One export format: its module, the input layouts it takes (the first is the default), whether its batch can
+    stay symbolic, the packages that write and run it, and how to install them. The module has
+    `serialize(model, img_size, batch_size, layout) -> bytes` and `runner(path) -> run(x) -> logits` (`x` in the
+    artifact's layout)."""
 
     module: str
     layouts: tuple[str, ...]
+    dynamic_batch: bool
     writer: str
     runtime: str
+    install: str = "pip install 'mv2jax[export]'"
 
 
+# litert-torch pins older pydantic and typing_extensions than the training stack uses: install it on its own.
+LITERT_INSTALL = "pip install 'mv2jax[litert]' (in its own environment: it downgrades pydantic and typing_extensions)"
 FORMATS = {
-    "onnx": Format("mv2jax.export.onnx_graph", ("nchw", "nhwc"), "onnx", "onnxruntime"),
-    "stablehlo": Format("mv2jax.export.stablehlo", ("nhwc",), "jax", "jax"),
+    "onnx": Format("mv2jax.export.onnx_graph", ("nchw", "nhwc"), True, "onnx", "onnxruntime"),
+    "stablehlo": Format("mv2jax.export.stablehlo", ("nhwc",), True, "jax", "jax"),
+    "tflite": Format("mv2jax.export.tflite", ("nchw",), False, "litert_torch", "ai_edge_litert", LITERT_INSTALL),
 }
-NOT_YET = {"tflite": "LiteRT (.tflite) export is not available yet: use --format onnx or stablehlo"}
 
 
 def get_format(name: str) -> Format:
-    if name in NOT_YET:
-        raise ValueError(NOT_YET[name])
     if name not in FORMATS:
         raise ValueError(f"unknown format {name!r}: choose one of {', '.join(FORMATS)}")
     return FORMATS[name]
@@ -79,13 +82,15 @@ def export(
         raise ValueError(f"{fmt} takes {' or '.join(form.layouts)} input, not {layout}: drop --layout {layout}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    if batch_size is None and not form.dynamic_batch:
+        batch_size = 1
     if model.in_chans != 3 or data_config["input_size"][0] != 3:
         raise ValueError(f"the model takes {model.in_chans} input channels: export supports RGB (3) models only")
     refuse_existing([output, sidecar_path(output)], overwrite)
-    _require(form.writer, f"writing {fmt}")
+    _require(form.writer, f"writing {fmt}", form.install)
     _, h, w = data_config["input_size"]
     serialize = importlib.import_module(form.module).serialize
-    data = serialize(fuse_for_inference(model, conv_impl="xla"), (h, w), batch_size, layout)
+    data = serialize(model, (h, w), batch_size, layout)
     sidecar = dict(
         format=fmt,
         model=name,
@@ -136,16 +141,16 @@ def load_artifact(path: str | Path) -> tuple[Callable[[np.ndarray], np.ndarray],
     whatever the artifact's layout, and returns its logits as numpy."""
     sidecar = read_sidecar(path)
     form = get_format(sidecar["format"])
-    _require(form.runtime, f"running a {sidecar['format']} artifact")
+    _require(form.runtime, f"running a {sidecar['format']} artifact", form.install)
     run = importlib.import_module(form.module).runner(Path(path))
     if sidecar["layout"] == "nchw":
         return (lambda x: run(np.asarray(x).transpose(0, 3, 1, 2))), sidecar
     return run, sidecar
 
 
-def _require(package: str, what: str) -> None:
+def _require(package: str, what: str, install: str) -> None:
     if importlib.util.find_spec(package) is None:
-        raise ImportError(f"{what} needs {package}: pip install 'mv2jax[export]'")
+        raise ImportError(f"{what} needs {package}: {install}")
 
 
 PREPROCESS_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")

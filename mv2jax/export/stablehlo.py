@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mv2jax.models import FusedMobileNetV2
+from mv2jax.models import FusedMobileNetV2, MobileNetV2, fuse_for_inference
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 
@@ -34,9 +34,9 @@ def exported(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: int
     return jax.export.export(jax.jit(lambda x: fused.apply(params, x)), platforms=PLATFORMS)(x)
 
 
-def serialize(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: int | None, layout: str) -> bytes:
+def serialize(model: MobileNetV2, img_size: tuple[int, int], batch_size: int | None, layout: str) -> bytes:
     """The serialized artifact (`layout` is always 'nhwc', JAX's)."""
-    return bytes(exported(fused, img_size, batch_size).serialize())
+    return bytes(exported(fuse_for_inference(model, conv_impl="xla"), img_size, batch_size).serialize())
 
 
 def runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:

@@ -91,7 +91,6 @@ def test_export_from_a_checkpoint_directory_takes_the_ema_weights(capsys, tmp_pa
     "argv, message",
     [
         (["--format", "pt"], "unknown format 'pt'"),
-        (["--format", "tflite"], "not available yet"),
         (["--format", "onnx"], "exactly one of --pretrained"),
         (["--format", "onnx", "--checkpoint", "/no/such/ckpt"], "/no/such/ckpt does not exist"),
         (["--format", "onnx", "--checkpoint", "{weights}"], "pass --model"),
@@ -133,6 +132,15 @@ def test_verify_without_timm_says_so_in_one_line(capsys, tmp_path, timm_file, mo
     argv = ["--model", "mobilenetv2_035", "--checkpoint", timm_file, "--format", "onnx", "--output", tmp_path / "m"]
     code, _, stderr = _run(capsys, *argv, "--verify")
     assert code == 2 and "needs timm and torch" in stderr and stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tflite_without_litert_torch_says_how_to_install_it(capsys, tmp_path, timm_file, monkeypatch):
+    real = artifact.importlib.util.find_spec
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "litert_torch" else real(name, *a))
+    argv = ["--model", "mobilenetv2_035", "--checkpoint", timm_file, "--format", "tflite", "--output", tmp_path / "m"]
+    code, _, stderr = _run(capsys, *argv)
+    assert code == 2 and "needs litert_torch: pip install 'mv2jax[litert]'" in stderr and stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
 
 
