@@ -26,8 +26,8 @@ import portpicker
 import pytest
 
 from mv2jax.convert import read_orbax
+from tests.train.devices import xla_flags
 from tests.train.test_checkpoint import REPO, _env, final_state, leaves
-from tests.train.xla_env import xla_flags
 
 pytestmark = pytest.mark.numerics
 
