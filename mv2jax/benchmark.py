@@ -33,7 +33,6 @@ from mv2jax.bench.export_side import VARIANTS as EXPORT_VARIANTS
 from mv2jax.bench.report import format_report, summarize
 from mv2jax.bench.sample_jpegs import describe_image_folder, write_sample_jpegs
 
-CONV_IMPLS = ("cpu", "xla")
 FUSED_VARIANT = "fused"  # inference only: `fuse_for_inference` of the model (conv_impl 'auto')
 QUICK = dict(
     model="mobilenetv2_035",
@@ -68,9 +67,11 @@ class Phase:
 def plan(args: argparse.Namespace) -> list[Phase]:
     """Every phase this run measures: the machine's peaks, mv2jax, timm, then the loader phases; only those
     `--phases` selects."""
+    from mv2jax.models.backends import BACKENDS  # imports JAX: only this driver plans, phases never do
+
     modes = ["inference"] + ([] if args.skip_train else ["train"])
-    phases = [Phase(*ROOFLINE)] + [Phase("mv2jax", m, impl) for m in modes for impl in CONV_IMPLS]
-    phases.insert(1 + len(CONV_IMPLS), Phase("mv2jax", "inference", FUSED_VARIANT))
+    phases = [Phase(*ROOFLINE)] + [Phase("mv2jax", m, impl) for m in modes for impl in BACKENDS]
+    phases.insert(1 + len(BACKENDS), Phase("mv2jax", "inference", FUSED_VARIANT))
     if not args.skip_timm:
         variants = ["eager", "channels_last", "channels_last_1thread"] + ([] if args.no_torch_compile else ["compile"])
         phases += [Phase("timm", m, v) for m in modes for v in variants]
@@ -327,5 +328,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
 if __name__ == "__main__":
     if parse_args().host_allocator == "train":
-        host_memory.reexec_with_host_allocator()  # every phase, timm's and mv2jax's, inherits the same setting
+        host_memory.reexec_with_host_allocator("on")  # every phase, timm's and mv2jax's, inherits the same setting
     main()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mv2jax.convert.files import read_safetensors
+
 HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TORCH_SUFFIXES = (".pth", ".bin", ".pt", ".pth.tar")
 # Keys under which training scripts nest the weights (timm's `_load_checkpoint` order).
@@ -32,20 +34,10 @@ def read_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> dict[str,
         return read_orbax_state_dict(path, use_ema=use_ema)
     name = path.name.lower()
     if name.endswith(".safetensors"):
-        return _read_safetensors(path)
+        return read_safetensors(path)
     if name.endswith(TORCH_SUFFIXES):
         return _read_torch(path, use_ema)
     raise ValueError(f"cannot read checkpoint {path}: expected .safetensors, .pth, .bin, .pt or an mv2jax directory")
-
-
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        return dict(load_file(str(path)))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable safetensors file ({e}); re-download or re-export it") from e
 
 
 def _read_torch(path: Path, use_ema: bool) -> dict[str, np.ndarray]:

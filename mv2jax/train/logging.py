@@ -16,9 +16,9 @@ killed after logging an epoch it had not yet checkpointed does not log that epoc
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -28,14 +28,10 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
+from mv2jax.io import write_atomic
+
 SUMMARY_FILE, LOG_FILE, CURVES_FILE, ARGS_FILE = "summary.csv", "log.jsonl", "curves.png", "args.yaml"
 PLOT_INTERVAL_S = 60.0
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def summary_row(
@@ -83,7 +79,7 @@ def trim_log(path: Path, start_epoch: int, start_step: int) -> None:
         late = rec.get("epoch", 0) >= start_epoch if rec.get("kind") == "epoch" else rec.get("step", 0) > start_step
         if not late:
             keep.append(line)
-    _write_atomic(path, "".join(line + "\n" for line in keep).encode())
+    write_atomic(path, "".join(line + "\n" for line in keep).encode())
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -122,10 +118,9 @@ def plot_curves(records: list[Mapping[str, Any]], path: Path) -> None:
     for ax in (ax_loss, ax_acc):
         if ax.lines:
             ax.legend()
-    canvas = FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    canvas.print_png(str(tmp))
-    os.replace(tmp, path)
+    png = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(png)
+    write_atomic(path, png.getvalue())
 
 
 class Progress:
@@ -190,7 +185,7 @@ class RunLogger:
         """Write args.yaml; drop summary rows / log records past the (restored) starting point."""
         if not self.enabled:
             return
-        _write_atomic(self.run_dir / ARGS_FILE, yaml.safe_dump(dict(config), sort_keys=False).encode())
+        write_atomic(self.run_dir / ARGS_FILE, yaml.safe_dump(dict(config), sort_keys=False).encode())
         trim_summary(self.summary_path, start_epoch)
         trim_log(self.log_path, start_epoch, start_step)
 

@@ -21,8 +21,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mv2jax.data.loader import to_global_batch
+from mv2jax.train.config import DIST_BN_MODES
+
 DATA_AXIS = "data"
-DIST_BN_MODES = ("reduce", "broadcast", "")
 
 
 def initialize_distributed(
@@ -109,8 +111,7 @@ def local_copy(x: Any) -> Any:
 def shard_batch(local_batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
     """This process's slice of a global batch (host arrays, leading axis = local batch) -> global arrays split
     over `data`. Every process passes its own `B / num_processes` examples, in process order."""
-    sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+    return to_global_batch(local_batch, mesh, batch_sharding(mesh))
 
 
 def dist_bn_running_stats(mode: str, stat_groups: int = 1) -> str:

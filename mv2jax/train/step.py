@@ -35,6 +35,7 @@ from mv2jax.train.state import TrainState, ema_variables, merge_model, split_mod
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
+TOPK = 5  # timm reports Acc@1 and Acc@5 (top-min(5, num_classes), as timm.utils.accuracy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,16 +148,25 @@ def eval_step(params, batch_stats, batch: Batch, rng_state, *, graphdef: nnx.Gra
     mask = batch.get("mask")
     weights = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
     loss_sum = label_smoothing_cross_entropy(logits, labels, 0.0, weights=weights, reduction="sum")
-    # rank of the true class = number of classes scoring strictly higher (ties count in the label's favour)
-    true_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-    rank = jnp.sum(logits > true_logit, axis=-1)
-    k5 = min(5, logits.shape[-1])
+    top = top_k_classes(logits)
     return {
         "loss_sum": loss_sum,
-        "top1": jnp.sum((rank < 1) * weights),
-        "top5": jnp.sum((rank < k5) * weights),
+        "top1": jnp.sum(top_k_correct(top, labels, 1) * weights),
+        "top5": jnp.sum(top_k_correct(top, labels, TOPK) * weights),
         "count": jnp.sum(weights),
     }
+
+
+def top_k_classes(logits: jax.Array, k: int = TOPK) -> jax.Array:
+    """int32 [B, min(k, classes)]: the classes timm's `accuracy(output, target, topk)` ranks first, best first.
+    Tied logits rank the lower class first (`lax.top_k`), so a label tied with a lower class is not top-1."""
+    return jax.lax.top_k(logits, min(k, logits.shape[-1]))[1]
+
+
+def top_k_correct(top: Any, labels: Any, k: int) -> Any:
+    """bool [B]: the label is among the first k of `top` (from `top_k_classes`); numpy or JAX arrays alike. The
+    one top-k rule of train.py's eval and of `mv2jax.validate`."""
+    return (top[:, :k] == labels[:, None]).any(axis=-1)
 
 
 def make_train_step(

@@ -137,11 +137,12 @@ def test_failed_safetensors_write_keeps_the_old_file_whole(mv2jax_dir, tmp_path,
     out = tmp_path / "model.safetensors"
     out.write_bytes(b"previous export")
 
-    def crash(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"half a file")
+    def crash(self: Path, data: bytes) -> int:
+        with open(self, "wb") as f:
+            f.write(data[: len(data) // 2])
         raise OSError("disk full")
 
-    monkeypatch.setattr("safetensors.numpy.save_file", crash)
+    monkeypatch.setattr(Path, "write_bytes", crash)
     assert run("--to-timm", "--input", mv2jax_dir, "--output", out, "--overwrite") == 2
     assert "disk full" in one_error_line(capsys)
     assert out.read_bytes() == b"previous export" and [p.name for p in tmp_path.iterdir()] == [out.name]
