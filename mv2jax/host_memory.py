@@ -20,16 +20,25 @@ The setting is for training, and it has costs. XLA compiles slower under one are
 at all from the compile cache. One arena also costs small programs: fused inference runs slower under it
 (threads contend for the one heap), at batch 1 most. So only `train.py` applies it. It re-executes
 itself once with the tunables, because glibc reads them when a process starts (`reexec_with_host_allocator`).
-The benchmark does the same, for timm's phases and mv2jax's alike. Set `MV2JAX_HOST_ALLOCATOR=0` to keep glibc's
-defaults. In your own training program, export `GLIBC_TUNABLES` as `tunables()` gives it before starting
-Python. Settings you put in GLIBC_TUNABLES yourself are kept.
+The benchmark does the same, for timm's phases and mv2jax's alike. In your own training program, export
+`GLIBC_TUNABLES` as `tunables()` gives it before starting Python. Settings you put in GLIBC_TUNABLES yourself are
+kept.
+
+The setting (`train.py --host-allocator`) is 'on', 'off' or 'auto'. 'auto' is on only when JAX will run on the
+CPU: the temporaries above are XLA:CPU's, and on a GPU/TPU host they live in device memory, so such a host never
+re-executes. It is decided without importing JAX (`decide`): from `JAX_PLATFORMS` when set, else from whether a
+JAX accelerator plugin is installed. `MV2JAX_HOST_ALLOCATOR=0` means 'off' too.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
+import importlib.util
 import os
+import pkgutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 OPT_OUT = "MV2JAX_HOST_ALLOCATOR"
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -39,6 +48,11 @@ HEAP_TUNABLES = {
     "glibc.malloc.trim_threshold": str(64 * 2**30),
 }
 HUGEPAGE_TUNABLES = {"glibc.malloc.hugetlb": "1"}
+SETTINGS = ("auto", "on", "off")
+# Modules of JAX's accelerator plugins: jax[cuda12/13] (the plugin, and its PJRT part under the `jax_plugins`
+# namespace, where other PJRT plugins live too) and jax[tpu]'s libtpu.
+ACCELERATOR_MODULES = ("jax_cuda12_plugin", "jax_cuda13_plugin", "libtpu")
+PLUGIN_NAMESPACE = "jax_plugins"
 
 
 def _glibc_version() -> tuple[int, int] | None:
@@ -74,10 +88,11 @@ def _parse(value: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in value.split(":") if "=" in item)
 
 
-def host_allocator_environ(environ: Mapping[str, str] = os.environ) -> dict[str, str] | None:
+def host_allocator_environ(environ: Mapping[str, str] = os.environ, *, opt_out: bool = True) -> dict[str, str] | None:
     """`environ` with mv2jax's tunables added to GLIBC_TUNABLES (the ones already there kept), or None when that
-    changes nothing: all present already, opted out with MV2JAX_HOST_ALLOCATOR=0, or not glibc."""
-    if environ.get(OPT_OUT, "1") == "0":
+    changes nothing: all present already, opted out with MV2JAX_HOST_ALLOCATOR=0 (unless `opt_out` is False), or
+    not glibc."""
+    if opt_out and environ.get(OPT_OUT, "1") == "0":
         return None
     current = _parse(environ.get("GLIBC_TUNABLES", ""))
     missing = {k: v for k, v in tunables().items() if k not in current}
@@ -87,11 +102,59 @@ def host_allocator_environ(environ: Mapping[str, str] = os.environ) -> dict[str,
     return {**environ, "GLIBC_TUNABLES": value}
 
 
-def reexec_with_host_allocator() -> None:
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """Whether the host allocator setting is in force (`on`), and why (`reason`, for the run log)."""
+
+    on: bool
+    reason: str
+
+    def describe(self, environ: Mapping[str, str] = os.environ) -> str:
+        """One line: the decision, why, and the tunables this process runs with."""
+        return f"{'on' if self.on else 'off'} ({self.reason}); {describe(environ)}"
+
+
+def accelerator_plugins() -> list[str]:
+    """The JAX accelerator plugins installed (module names), found without importing JAX or any plugin."""
+    found = [name for name in ACCELERATOR_MODULES if importlib.util.find_spec(name) is not None]
+    namespace = importlib.util.find_spec(PLUGIN_NAMESPACE)
+    if namespace is not None and namespace.submodule_search_locations:
+        found += [f"{PLUGIN_NAMESPACE}.{m.name}" for m in pkgutil.iter_modules(namespace.submodule_search_locations)]
+    found += [f"entry point {ep.name}" for ep in importlib.metadata.entry_points(group=PLUGIN_NAMESPACE)]
+    return sorted(set(found))
+
+
+def decide(
+    setting: str = "auto", environ: Mapping[str, str] = os.environ, plugins: Sequence[str] | None = None
+) -> Decision:
+    """The host allocator setting in force: 'on' / 'off' as given; 'auto' on only for JAX's CPU backend, which is
+    the first of `JAX_PLATFORMS` when set, else the CPU unless an accelerator plugin is installed (`plugins`,
+    default `accelerator_plugins()`). `MV2JAX_HOST_ALLOCATOR=0` turns 'auto' off. Imports nothing of JAX."""
+    if setting not in SETTINGS:
+        raise ValueError(f"--host-allocator must be one of {', '.join(SETTINGS)}, got {setting!r}")
+    if setting != "auto":
+        return Decision(setting == "on", f"--host-allocator {setting}")
+    if environ.get(OPT_OUT, "1") == "0":
+        return Decision(False, f"auto, {OPT_OUT}=0")
+    platforms = environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        first = platforms.split(",")[0].strip().lower()
+        backend = "the CPU backend" if first == "cpu" else f"the {first} backend"
+        return Decision(first == "cpu", f"auto: JAX_PLATFORMS={platforms}, {backend}")
+    plugins = accelerator_plugins() if plugins is None else list(plugins)
+    if plugins:
+        return Decision(False, f"auto: accelerator plugin {', '.join(plugins)} installed, not the CPU backend")
+    return Decision(True, "auto: no accelerator plugin installed, the CPU backend")
+
+
+def reexec_with_host_allocator(setting: str = "auto") -> None:
     """Replace this process with the same command line, run with mv2jax's tunables (see the module docstring),
-    when `host_allocator_environ` says they are missing. Call it first thing in a program's `__main__`: the new
-    process starts from scratch. Returns, doing nothing, when they do not apply or the exec fails."""
-    environ = host_allocator_environ()
+    when the setting is in force (`decide`) and `host_allocator_environ` says they are missing. Call it first
+    thing in a program's `__main__`: the new process starts from scratch. Returns, doing nothing, when they do not
+    apply or the exec fails."""
+    if not decide(setting).on:
+        return
+    environ = host_allocator_environ(opt_out=False)  # decided already: an explicit 'on' wins over the variable
     if environ is None:
         return
     argv = [sys.executable, *getattr(sys, "orig_argv", [sys.executable, *sys.argv])[1:]]

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mv2jax import host_memory
 from mv2jax.compile_cache import enable_compile_cache
 from mv2jax.data.loader import LoaderIterator
 from mv2jax.train.checkpoint import CHECKPOINTS_DIR, PreemptionGuard, TrainCheckpointer
@@ -303,6 +304,7 @@ def train(config: TrainConfig) -> TrainResult:
             if start.source:
                 run.say(f"Resumed from {start.source} at epoch {start.epoch}, update {start.step}")
             run.say(f"Output: {run.run_dir}")
+            run.say(f"Host allocator: {host_memory.decide(config.host_allocator).describe()}")
             if start.epoch >= run.num_epochs:
                 return _complete_result(run, start, ckpt, t0)
             logger = RunLogger(run.run_dir, enabled=run.is_primary, log_interval=config.log_interval)
