@@ -253,12 +253,21 @@ def test_cli_runs_end_to_end_with_a_worker_process_and_writes_the_results_file(c
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Test: [   0/4]" in proc.stderr and "Test: [   3/4]" in proc.stderr and " * Acc@1 " in proc.stderr
+    # the worker's batches came through shared memory, and none is left for Python's resource tracker to report
+    assert "leaked" not in proc.stderr and "resource_tracker" not in proc.stderr, proc.stderr[-3000:]
     printed = json.loads(proc.stdout.split("--result\n", 1)[1])
     written = json.loads(out.read_text())
     assert printed == written
     assert written["count"] == NUM_IMAGES and written["model"] == MODEL
     assert written["top1"] == round(checkpoint["ref"]["top1"], 4)
     assert written["loss"] == pytest.approx(checkpoint["ref"]["loss"], rel=1e-5)
+
+
+def test_an_unknown_flag_is_one_line_and_exit_code_2():
+    cmd = [sys.executable, "-m", "mv2jax.validate", "--model", MODEL, "--no-such-flag"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"{PROG}: error: unrecognized arguments: --no-such-flag (see --help)"]
 
 
 def _run_main(capsys, *argv) -> tuple[int, str]:
