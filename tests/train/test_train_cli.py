@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +20,7 @@ import numpy as np
 import pytest
 
 from tests.train.test_checkpoint import (
+    REPO,
     TIMEOUT,
     assert_trees_equal,
     final_state,
@@ -85,9 +88,13 @@ def test_sigterm_mid_epoch_saves_at_the_next_update_not_at_the_epoch_end(interru
     assert "Traceback" not in output(interrupted.dir, 0)
 
 
-def test_resume_path_continues_exactly_as_rerunning_the_interrupted_run(interrupted, tmp_path):
+@pytest.fixture(scope="module")
+def resumed(interrupted, tmp_path_factory) -> SimpleNamespace:
+    """The interrupted run finished twice at once: rerun in (a copy of) its directory, and `--resume PATH` into a
+    new one."""
     before = _files(interrupted.dir)
-    rerun_dir, resumed_dir = tmp_path / "rerun", tmp_path / "resumed"
+    root = tmp_path_factory.mktemp("resumed")
+    rerun_dir, resumed_dir = root / "rerun", root / "resumed"
     shutil.copytree(interrupted.dir, rerun_dir)
     procs = {
         rerun_dir: launch(rerun_dir, *FLAGS),  # same command, same directory: resumes by itself
@@ -96,10 +103,55 @@ def test_resume_path_continues_exactly_as_rerunning_the_interrupted_run(interrup
     n = {rerun_dir: 1, resumed_dir: 0}
     for d, p in procs.items():
         assert wait(p, d, n[d]) == 0, output(d, n[d])[-3000:]
-    assert f"Resumed from {interrupted.ckpt} at epoch 0, update {interrupted.stopped}" in output(resumed_dir, 0)
-    assert steps_saved(resumed_dir) == steps_saved(rerun_dir)[-1:] == [LONG_EPOCH]
-    assert_trees_equal(final_state(resumed_dir, LONG_EPOCH), final_state(rerun_dir, LONG_EPOCH))
     assert _files(interrupted.dir) == before  # --resume only reads
+    return SimpleNamespace(rerun=rerun_dir, dir=resumed_dir)
+
+
+def test_resume_path_continues_exactly_as_rerunning_the_interrupted_run(interrupted, resumed):
+    assert f"Resumed from {interrupted.ckpt} at epoch 0, update {interrupted.stopped}" in output(resumed.dir, 0)
+    assert steps_saved(resumed.dir) == steps_saved(resumed.rerun)[-1:] == [LONG_EPOCH]
+    assert_trees_equal(final_state(resumed.dir, LONG_EPOCH), final_state(resumed.rerun, LONG_EPOCH))
+
+
+def _validate(run_dir: Path, name: str, *flags: str, devices: int = 1) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+    cmd = [sys.executable, "-m", "mv2jax.validate", "--model", "mobilenetv2_035", "--num-classes", "10"]
+    cmd += ["--checkpoint", str(run_dir / "checkpoints" / str(LONG_EPOCH)), "--dataset", "digits"]
+    cmd += ["--img-size", "32", "-b", "64", *flags]
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=open(run_dir / f"{name}.out", "w"),
+        stderr=open(run_dir / f"{name}.err", "w"),
+    )
+
+
+def test_validate_on_4_devices_with_use_ema_and_amp_scores_the_runs_ema(resumed):
+    """`python -m mv2jax.validate` on train.py's checkpoint: on one device in float32 its --use-ema result is the
+    EMA eval train.py logged (summation order apart); on 4 devices with --amp (bf16) and worker processes it counts
+    every held-out image once, scores the EMA weights (far closer to the EMA eval than to the raw one), differs
+    from float32 (bf16 is in use), and leaves no shared memory behind."""
+    record = [json.loads(line) for line in (resumed.dir / "log.jsonl").read_text().splitlines()][-1]
+    ema, raw = record["eval_ema"], record["eval"]
+    procs = {
+        "fp32": _validate(resumed.dir, "fp32", "--use-ema", "-j", "0"),
+        "amp4": _validate(resumed.dir, "amp4", "--use-ema", "--amp", "-j", "2", devices=4),
+    }
+    results = {}
+    for name, proc in procs.items():
+        assert proc.wait(TIMEOUT) == 0, (resumed.dir / f"{name}.err").read_text()[-3000:]
+        err = (resumed.dir / f"{name}.err").read_text()
+        assert "Traceback" not in err and "leaked" not in err, err[-3000:]
+        results[name] = json.loads((resumed.dir / f"{name}.out").read_text().split("--result\n", 1)[1])
+        assert results[name]["count"] == 359, results[name]  # the digits' held-out split, each image once
+    assert "on 4 device(s)" in (resumed.dir / "amp4.err").read_text()
+    fp32, amp4 = results["fp32"], results["amp4"]
+    # float32: the same weights and images as train.py's eval; only the order of float32 sums may differ
+    assert fp32["loss"] == pytest.approx(ema["loss"], rel=1e-5)
+    assert abs(fp32["top1"] - ema["top1"]) <= 100 / 359 + 1e-4  # at most one near-tie broken the other way
+    assert 0 < abs(amp4["loss"] - fp32["loss"]) < 0.1 * abs(ema["loss"] - raw["loss"])
 
 
 def test_optimizer_of_another_layout_is_one_error_line_and_no_resume_opt_starts_a_fresh_one(interrupted, tmp_path):
