@@ -37,11 +37,11 @@ from mv2jax.models import MobileNetV2, create_model, fuse_for_inference
 from mv2jax.models.backends import CONV_IMPLS
 from mv2jax.train.losses import label_smoothing_cross_entropy
 from mv2jax.train.mesh import create_mesh, replicated
+from mv2jax.train.step import TOPK, top_k_classes, top_k_correct
 
 _logger = logging.getLogger("validate")
 
 DEFAULT_MODEL = "mobilenetv2_100"
-TOPK = 5  # timm reports Acc@1 and Acc@5 (top-min(5, num_classes), as timm.utils.accuracy)
 AMP_DTYPES = {"float16": jnp.float16, "bfloat16": jnp.bfloat16}
 RESULTS_FORMATS = ("csv", "json")
 
@@ -273,7 +273,7 @@ class Predictions:
 
     def correct(self, k: int) -> np.ndarray:
         """bool [N]: the label is among the top min(k, num_classes) predictions."""
-        return np.any(self.topk[:, :k] == self.labels[:, None], axis=1)
+        return top_k_correct(self.topk, self.labels, k)
 
 
 def make_predict_fn(model: MobileNetV2, mesh: jax.sharding.Mesh, image_shape: Sequence[int]) -> Callable:
@@ -284,12 +284,11 @@ def make_predict_fn(model: MobileNetV2, mesh: jax.sharding.Mesh, image_shape: Se
     CPU), looping over small groups of images only on one device (a loop would cut across a sharded batch)."""
     net = fuse_for_inference(model, batch_chunk=None if mesh.devices.size == 1 else 0)
     params = jax.device_put(net.params, replicated(mesh))
-    k = min(TOPK, model.num_classes)
 
     def predict(params, images, labels):
         logits = net.apply(params, images).astype(jnp.float32)
         loss = label_smoothing_cross_entropy(logits, labels, 0.0, reduction="none")
-        return {"topk": jax.lax.top_k(logits, k)[1], "loss": loss}
+        return {"topk": top_k_classes(logits), "loss": loss}
 
     batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     images = jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32, sharding=batch)
@@ -356,8 +355,7 @@ def evaluate(
         labels.append(label)
         topk.append(top)
         losses.append(loss)
-        hits = top == label[:, None]
-        meters.update(index, loss, hits[:, :1].any(1), hits.any(1), len(mask))
+        meters.update(index, loss, top_k_correct(top, label, 1), top_k_correct(top, label, TOPK), len(mask))
 
     pending = None
     for index, local in enumerate(batches):
