@@ -125,6 +125,7 @@ def test_old_train_checkpoint_reads_as_a_weights_checkpoint() -> None:
     assert any(not np.array_equal(ema[k], ref[k]) for k in ref if k.endswith("weight"))
 
 
+@pytest.mark.timm  # the source weights take their names and shapes from timm
 @pytest.mark.parametrize("how", ["read_checkpoint", "create_model", "read_orbax"])
 def test_old_converted_checkpoint_loads(how: str) -> None:
     source = source_state_dict()
