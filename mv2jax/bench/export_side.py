@@ -2,13 +2,16 @@
 
 Variants (all fp32, `side='export'`, `mode='inference'`): `onnx` (mv2jax's ONNX artifact, `mv2jax.export`, in ONNX
 Runtime), `timm_onnx` (timm's own ONNX export of the same weights, `timm.utils.onnx.onnx_export`, in ONNX Runtime:
-the peer), `onnx_openvino` (mv2jax's ONNX read by OpenVINO, compiled per batch size, f32 precision hint; skipped
-when openvino is not installed). Each record also holds `logits_error`: the artifact's max|diff| / max|ref| against
-timm in float64 on a seeded batch, next to timm's own float32 error on it (the forward-parity yardstick).
+the peer), `onnx_openvino` (mv2jax's ONNX read by OpenVINO, compiled per batch size, f32 precision hint), `tflite`
+(mv2jax's LiteRT artifact) and `timm_tflite` (litert-torch's conversion of timm's model) in the LiteRT interpreter
+(XNNPACK), one artifact per batch size. A variant whose packages are not installed is reported as skipped. Each
+record also holds `logits_error`: the artifact's max|diff| / max|ref| against timm in float64 on a seeded batch of
+the smallest batch size, next to timm's own float32 error on it (the forward-parity yardstick).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import tempfile
 from collections.abc import Callable
@@ -19,8 +22,8 @@ import numpy as np
 
 from mv2jax.bench.common import BenchConfig, peak_rss_mib, time_calls
 
-VARIANTS = ("onnx", "timm_onnx", "onnx_openvino")
-ERROR_BATCH = 2
+VARIANTS = ("onnx", "timm_onnx", "onnx_openvino", "tflite", "timm_tflite")
+NEEDS = {"onnx_openvino": "openvino", "tflite": "litert_torch", "timm_tflite": "litert_torch"}
 
 
 def _timm_model(cfg: BenchConfig):
@@ -29,14 +32,33 @@ def _timm_model(cfg: BenchConfig):
     return _create(cfg, "eager").eval()  # the weights every other phase measures (timm's init, seed 0)
 
 
-def _export_mv2jax(tmodel, cfg: BenchConfig, path: Path) -> None:
+def _export_mv2jax(tmodel, cfg: BenchConfig, path: Path, fmt: str = "onnx", batch: int | None = None) -> None:
     from mv2jax.convert import timm_to_mv2jax
     from mv2jax.export import data_config, export
     from mv2jax.models import create_model
 
     state = {k: v.detach().numpy() for k, v in tmodel.state_dict().items()}
     model = timm_to_mv2jax(state, create_model(cfg.model, num_classes=cfg.num_classes)).eval()
-    export(model, path, "onnx", data_config(model, cfg.img_size), name=cfg.model)
+    export(model, path, fmt, data_config(model, cfg.img_size), name=cfg.model, batch_size=batch)
+
+
+def _tflite_runners(tmodel, cfg: BenchConfig, tmp: str, variant: str) -> Callable[[int], Callable]:
+    """batch -> run(x NCHW): a LiteRT artifact converted for that batch size, in the interpreter."""
+    import litert_torch
+    import torch
+
+    from mv2jax.export.tflite import runner
+
+    def for_batch(batch: int) -> Callable[[np.ndarray], np.ndarray]:
+        path = Path(tmp, f"{variant}_{batch}.tflite")
+        if variant == "tflite":
+            _export_mv2jax(tmodel, cfg, path, "tflite", batch)
+        else:
+            example = torch.zeros(batch, 3, cfg.img_size, cfg.img_size)
+            litert_torch.convert(tmodel, (example,)).export(str(path))
+        return runner(path, cfg.resolved_threads())
+
+    return for_batch
 
 
 def _export_timm(tmodel, cfg: BenchConfig, path: Path) -> None:
@@ -63,12 +85,12 @@ def _openvino_runners(path: Path, cfg: BenchConfig) -> Callable[[int], Callable[
     return for_batch
 
 
-def _errors(tmodel, run: Callable[[np.ndarray], np.ndarray], cfg: BenchConfig) -> dict[str, float]:
+def _errors(tmodel, run: Callable[[np.ndarray], np.ndarray], batch: int, cfg: BenchConfig) -> dict[str, float]:
     import torch
 
     from mv2jax.export.verify import rel_err, timm_logits
 
-    x = np.random.default_rng(0).standard_normal((ERROR_BATCH, cfg.img_size, cfg.img_size, 3), dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((batch, cfg.img_size, cfg.img_size, 3), dtype=np.float32)
     ref = timm_logits(tmodel, x, torch.float64)
     return {
         "artifact": rel_err(run(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), ref),
@@ -84,20 +106,24 @@ def inference_phase(cfg: BenchConfig, variant: str) -> list[dict[str, Any]]:
         raise ValueError(f"unknown export variant {variant!r}: one of {', '.join(VARIANTS)}")
     threads = cfg.resolved_threads()
     base = {"side": "export", "mode": "inference", "variant": variant, "threads": threads}
-    if variant == "onnx_openvino" and importlib.util.find_spec("openvino") is None:
-        skipped = {"status": "skipped", "error": "openvino is not installed"}
+    if variant in NEEDS and importlib.util.find_spec(NEEDS[variant]) is None:
+        skipped = {"status": "skipped", "error": f"{NEEDS[variant]} is not installed"}
         return [base | skipped | {"batch_size": b} for b in sorted(cfg.batch_sizes)]
     set_threads(threads)
     tmodel = _timm_model(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "model.onnx")
-        (_export_timm if variant == "timm_onnx" else _export_mv2jax)(tmodel, cfg, path)
-        if variant == "onnx_openvino":
+        if variant.endswith("tflite"):
+            for_batch = _tflite_runners(tmodel, cfg, tmp, variant)
+        elif variant == "onnx_openvino":
+            _export_mv2jax(tmodel, cfg, path)
             for_batch = _openvino_runners(path, cfg)
         else:
+            (_export_timm if variant == "timm_onnx" else _export_mv2jax)(tmodel, cfg, path)
             run = runner(path, threads)
             for_batch = lambda batch: run  # noqa: E731 (one session, dynamic batch)
-        errors = _errors(tmodel, for_batch(ERROR_BATCH), cfg)
+        for_batch = functools.cache(for_batch)  # one artifact / compiled model per batch size
+        errors = _errors(tmodel, for_batch(min(cfg.batch_sizes)), min(cfg.batch_sizes), cfg)
         results = []
         for batch in sorted(cfg.batch_sizes):
             x = np.random.default_rng(batch).standard_normal((batch, 3, cfg.img_size, cfg.img_size), np.float32)
