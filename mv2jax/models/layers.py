@@ -108,7 +108,9 @@ class BatchNormAct2d(nnx.Module):
 
     Train mode normalises with the biased batch variance and updates the running statistics PyTorch's
     way: `running = (1 - momentum) * running + momentum * stat`, with the *unbiased* variance,
-    momentum 0.1 (Flax's 0.9). Statistics are computed in float32 or wider, whatever the compute dtype.
+    momentum 0.1 (Flax's 0.9). Statistics, normalisation and activation are computed in float32 or wider,
+    whatever the compute dtype, and the output stays float32, as under PyTorch's autocast: the next
+    convolution rounds its input to the compute dtype, and residual sums are taken in float32.
 
     `stat_groups` splits the batch into that many equal groups with their own statistics (timm's per-GPU
     BatchNorm without `--sync-bn`: a group per device). `running_stats_from` says which groups feed the running
@@ -152,19 +154,18 @@ class BatchNormAct2d(nnx.Module):
             variable.set_value(value)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        out_dtype = self.dtype or x.dtype
         w, b = _stat_cast(self.weight[...]), _stat_cast(self.bias[...])
         if self.use_running_average:
             scale = w * jax.lax.rsqrt(self.running_var[...] + self.eps)
             shift = b - self.running_mean[...] * scale
-            return apply_act(x.astype(out_dtype) * scale.astype(out_dtype) + shift.astype(out_dtype), self.act)
+            return apply_act(_stat_cast(x) * scale + shift, self.act)
         groups = self.stat_groups
         if x.shape[0] % groups:
             raise ValueError(f"batch of {x.shape[0]} does not split into {groups} BatchNorm stat groups")
         xg = _stat_cast(x).reshape(groups, x.shape[0] // groups, *x.shape[1:])
         y, mean, var = get_backend(self.conv_impl).batch_norm_train(xg, w, b, self.eps, self.act)
         self._update_running_stats(mean, var, xg.shape[1] * xg.shape[2] * xg.shape[3])
-        return y.reshape(x.shape).astype(out_dtype)
+        return y.reshape(x.shape)
 
 
 @functools.partial(jax.jit, static_argnums=(5, 6, 7))
