@@ -3,13 +3,13 @@
 Exports are `name as name` imports (explicit re-exports), one per line, so modules can append theirs.
 """
 
+from mv2jax.constants import DEFAULT_CROP_MODE as DEFAULT_CROP_MODE
+from mv2jax.constants import DEFAULT_CROP_PCT as DEFAULT_CROP_PCT
+from mv2jax.constants import IMAGENET_DEFAULT_MEAN as IMAGENET_DEFAULT_MEAN
+from mv2jax.constants import IMAGENET_DEFAULT_STD as IMAGENET_DEFAULT_STD
+from mv2jax.constants import IMAGENET_INCEPTION_MEAN as IMAGENET_INCEPTION_MEAN
+from mv2jax.constants import IMAGENET_INCEPTION_STD as IMAGENET_INCEPTION_STD
 from mv2jax.data.config import resolve_data_config as resolve_data_config
-from mv2jax.data.constants import DEFAULT_CROP_MODE as DEFAULT_CROP_MODE
-from mv2jax.data.constants import DEFAULT_CROP_PCT as DEFAULT_CROP_PCT
-from mv2jax.data.constants import IMAGENET_DEFAULT_MEAN as IMAGENET_DEFAULT_MEAN
-from mv2jax.data.constants import IMAGENET_DEFAULT_STD as IMAGENET_DEFAULT_STD
-from mv2jax.data.constants import IMAGENET_INCEPTION_MEAN as IMAGENET_INCEPTION_MEAN
-from mv2jax.data.constants import IMAGENET_INCEPTION_STD as IMAGENET_INCEPTION_STD
 from mv2jax.data.datasets import Digits as Digits
 from mv2jax.data.datasets import ImageFolder as ImageFolder
 from mv2jax.data.datasets import TfdsSource as TfdsSource

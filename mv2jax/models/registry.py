@@ -8,10 +8,9 @@ from __future__ import annotations
 import fnmatch
 from types import MappingProxyType
 
+from mv2jax.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from mv2jax.models.arch import ArchConfig
 
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 _WEIGHTS_URL = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
 
 # name -> (architecture, tags in timm's order: the first is the default).

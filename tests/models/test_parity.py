@@ -16,13 +16,13 @@ import torch
 from flax import nnx
 
 import mv2jax
+from mv2jax.models.backends import BACKENDS
 from tests.timm_reference import mv2jax_from_timm, rel_err, state_dict_numpy, timm_model, to_nhwc
 
 pytestmark = pytest.mark.numerics
 
 TOLERANCE_FACTOR = 2.0  # mv2jax fp32 error <= 2x timm's own fp32 error, both against timm float64
 SIZES = {"224": (2, 224, 224), "odd": (3, 97, 61)}
-CONV_IMPLS = ("cpu", "xla")
 
 
 def _timm_outputs(tmodel, tfeat, x, dtype):
@@ -82,7 +82,7 @@ def _errors(outputs, ref64):
     return errs
 
 
-@pytest.mark.parametrize("conv_impl", CONV_IMPLS)
+@pytest.mark.parametrize("conv_impl", BACKENDS)
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("name", mv2jax.list_models())
 def test_forward_fp32_error_within_twice_timm_fp32_error(references, name, size, conv_impl):

@@ -1,4 +1,4 @@
-"""Preprocessing constants, as timm's `timm.data.constants`: the one definition every module imports."""
+"""Preprocessing constants, as timm's `timm.data.constants`: one definition, imported everywhere (no dependencies)."""
 
 DEFAULT_CROP_PCT = 0.875
 DEFAULT_CROP_MODE = "center"
