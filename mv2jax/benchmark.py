@@ -46,6 +46,7 @@ QUICK = dict(
 )
 LOADER_VARIANT = "ra"  # the loader phases measure the RA recipe's train transform
 ROOFLINE = ("mv2jax", "roofline", "xla")  # the machine's matmul and memory peaks, as XLA reaches them
+LOWERING = ("mv2jax", "lowering", "xla")  # the train step lowered for TPU and CUDA: op histograms, nothing compiled
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -70,8 +71,8 @@ def plan(args: argparse.Namespace) -> list[Phase]:
     from mv2jax.models.backends import BACKENDS  # imports JAX: only this driver plans, phases never do
 
     modes = ["inference"] + ([] if args.skip_train else ["train"])
-    phases = [Phase(*ROOFLINE)] + [Phase("mv2jax", m, impl) for m in modes for impl in BACKENDS]
-    phases.insert(1 + len(BACKENDS), Phase("mv2jax", "inference", FUSED_VARIANT))
+    phases = [Phase(*ROOFLINE), Phase(*LOWERING)] + [Phase("mv2jax", m, impl) for m in modes for impl in BACKENDS]
+    phases.insert(2 + len(BACKENDS), Phase("mv2jax", "inference", FUSED_VARIANT))
     if not args.skip_timm:
         variants = ["eager", "channels_last", "channels_last_1thread"] + ([] if args.no_torch_compile else ["compile"])
         phases += [Phase("timm", m, v) for m in modes for v in variants]
@@ -97,6 +98,8 @@ def run_phase(phase: Phase, cfg: BenchConfig) -> list[dict[str, Any]]:
         from mv2jax.bench import roofline
 
         return roofline.roofline_phase(cfg)
+    if phase.mode == "lowering":
+        return lowering_phase(cfg)
     if phase.mode == "loader":
         from mv2jax.bench import loader_side
 
@@ -114,6 +117,24 @@ def run_phase(phase: Phase, cfg: BenchConfig) -> list[dict[str, Any]]:
 
         fn = timm_side.inference_phase if phase.mode == "inference" else timm_side.train_phase
     return fn(cfg, phase.variant)
+
+
+def lowering_phase(cfg: BenchConfig) -> list[dict[str, Any]]:
+    """The RA train step at the benchmark's model, size and train batch, lowered for each accelerator platform
+    with conv_impl 'xla' (`mv2jax.lowering`): one row per platform with its StableHLO op histogram."""
+    import jax
+
+    from mv2jax import lowering
+
+    lowered = lowering.lower_ra_steps(
+        model=cfg.model, devices=jax.devices()[:1], batch_size=cfg.train_batch_size, img_size=cfg.img_size
+    )
+    rows = []
+    for facts in lowering.summarize([lw for lw in lowered if lw.name.startswith("train")]):
+        del facts["convolutions"]  # one entry per convolution: the histogram counts them
+        rows.append(dict(side="mv2jax", mode="lowering", variant="xla", batch_size=cfg.train_batch_size, status="ok"))
+        rows[-1].update(facts)
+    return rows
 
 
 def _failed_phase(phase: Phase, cfg: BenchConfig, error: str) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mv2jax.bench.common import MODEL_MODES
-from mv2jax.bench.report import summarize
+from mv2jax.bench.report import format_report, summarize
 from mv2jax.bench.roofline import requirements
 from mv2jax.benchmark import Phase, parse_args, plan
 
@@ -76,9 +76,9 @@ def test_quick_report_has_every_measurement_with_sane_values(report):
     expected |= {
         (s, "loader", v, 1 if v == "transform" else TRAIN_BATCH) for s in ("mv2jax", "timm") for v in LOADER_VARIANTS
     }
-    expected |= {("mv2jax", "roofline", "xla", 0)}
+    expected |= {("mv2jax", "roofline", "xla", 0), ("mv2jax", "lowering", "xla", TRAIN_BATCH)}
     assert {(r["side"], r["mode"], r["variant"], r["batch_size"]) for r in results} == expected
-    for r in (r for r in results if r["mode"] != "roofline"):
+    for r in (r for r in results if r["mode"] not in ("roofline", "lowering")):
         ips = r["images_per_s"]
         assert all(_positive(ips[k]) for k in ("median", "min", "max")), r
         cfg = report["config"]["loader"] if r["mode"] == "loader" else report["config"]
@@ -89,6 +89,14 @@ def test_quick_report_has_every_measurement_with_sane_values(report):
         assert _positive(r["compile"]["first_call_s"])
         if r["side"] == "timm":
             assert r["threads"] == (1 if r["variant"].endswith("_1thread") else report["threads"]["count"])
+
+
+def test_quick_report_has_the_train_step_op_histogram_per_accelerator(report):
+    lowered = {r["platform"]: r for r in report["results"] if r["mode"] == "lowering"}
+    assert sorted(lowered) == ["cuda", "tpu"]
+    for r in lowered.values():
+        assert r["ops"]["stablehlo.convolution"] > 0 and r["control_flow"] == {} and r["custom_calls"] == {}
+    assert "train step lowered for accelerators" in format_report(report)
 
 
 def test_quick_report_has_xla_compile_memory_and_cost_analyses(report):

@@ -161,6 +161,17 @@ def _roofline_lines(roofline: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _lowering_lines(results: list[dict]) -> list[str]:
+    """The train step lowered for each accelerator (conv_impl 'xla'): its most frequent StableHLO ops."""
+    lines = []
+    for r in _ok(results, mode="lowering"):
+        ops = ", ".join(f"{op.split('.', 1)[-1]} {n}" for op, n in list(r["ops"].items())[:12])
+        extra = f"; control flow {r['control_flow']}" if r["control_flow"] else ""
+        extra += f"; custom calls {r['custom_calls']}" if r["custom_calls"] else ""
+        lines.append(f"  {r['platform']:<5} {r['name']}: {ops}{extra}")
+    return ["", "train step lowered for accelerators (op histogram, most frequent first):", *lines] if lines else []
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The human-readable table of a finished run (`report` as written to the JSON file)."""
     m, results, summary = report["machine"], report["results"], report["summary"]
@@ -192,6 +203,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["", "XLA cost analysis per image:"] + _cost_lines(results)
     if "roofline" in summary:
         lines += [""] + _roofline_lines(summary["roofline"])
+    lines += _lowering_lines(results)
     met = summary["targets_met"].items()
     lines += ["", "targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in met)]
     lines += [
