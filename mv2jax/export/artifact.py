@@ -138,14 +138,19 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
 
 def load_artifact(path: str | Path) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
     """(run, sidecar) for an exported artifact: `run(x)` takes a float32 NHWC batch (normalised per the sidecar),
-    whatever the artifact's layout, and returns its logits as numpy."""
+    whatever the artifact's layout, and returns its logits as numpy (an unpooled feature map NHWC, as mv2jax's
+    forward returns it)."""
     sidecar = read_sidecar(path)
     form = get_format(sidecar["format"])
     _require(form.runtime, f"running a {sidecar['format']} artifact", form.install)
     run = importlib.import_module(form.module).runner(Path(path))
     if sidecar["layout"] == "nchw":
-        return (lambda x: run(np.asarray(x).transpose(0, 3, 1, 2))), sidecar
+        return (lambda x: _to_nhwc(run(np.asarray(x).transpose(0, 3, 1, 2)))), sidecar
     return run, sidecar
+
+
+def _to_nhwc(out: np.ndarray) -> np.ndarray:
+    return out.transpose(0, 2, 3, 1) if out.ndim == 4 else out
 
 
 def _require(package: str, what: str, install: str) -> None:

@@ -1,11 +1,13 @@
 """ONNX: the BN-folded network written as an NCHW graph with the `onnx` package, straight from the folded spec and
 parameters: Conv (with `group` = channels for depthwise layers) + Clip(0, 6) for ReLU6 per layer, Add for
-residuals, global pooling, Flatten, Gemm. The weights are the folded float32 arrays (HWIO -> OIHW), so the graph
+residuals, timm's global pooling (GlobalAveragePool, GlobalMaxPool, their mean for 'avgmax', their Concat for
+'catavgmax'), Flatten, Gemm. The weights are the folded float32 arrays (HWIO -> OIHW), so the graph
 is exact and has no per-layer transposes.
 
 Input `input`: float32 `[batch, 3, H, W]` (NCHW, normalised as the sidecar says), `batch` symbolic unless a batch
 size is fixed; with layout 'nhwc' the input is `[batch, H, W, 3]` and one Transpose at the graph input makes it
-NCHW. Output `logits`: `[batch, num_classes]` (pooled features for a model without classifier).
+NCHW. Output `logits`: `[batch, num_classes]`; without a classifier the pooled features, or with
+`global_pool=''` the unpooled feature map in the input's layout (`[batch, C, h, w]` for 'nchw').
 """
 
 from __future__ import annotations
@@ -30,9 +32,6 @@ def onnx_model(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: i
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     spec, params = fused.spec, fused.params
-    pool = {"avg": "GlobalAveragePool", "max": "GlobalMaxPool"}.get(spec.global_pool)
-    if pool is None:
-        raise ValueError(f"global_pool {spec.global_pool!r} has no ONNX export yet (only 'avg' and 'max')")
     nodes, inits = [], [numpy_helper.from_array(np.float32(0), "zero"), numpy_helper.from_array(np.float32(6), "six")]
 
     def const(name: str, value) -> str:
@@ -60,6 +59,20 @@ def onnx_model(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: i
             raise ValueError(f"activation {c.act!r} has no ONNX export yet (only {', '.join(ACTIVATIONS)})")
         return op(ACTIVATIONS[c.act][0], [y, *ACTIVATIONS[c.act][1:]])
 
+    def pool(x: str) -> str:  # timm's SelectAdaptivePool2d(flatten=True); '' keeps the map
+        kind = spec.global_pool
+        if not kind:
+            return x
+        avg = op("GlobalAveragePool", [x]) if "avg" in kind else None
+        mx = op("GlobalMaxPool", [x]) if "max" in kind else None
+        if kind == "avgmax":
+            y = op("Mul", [op("Add", [avg, mx]), const("half", 0.5)])
+        elif kind == "catavgmax":
+            y = op("Concat", [avg, mx], axis=1)
+        else:
+            y = avg or mx
+        return op("Flatten", [y])
+
     batch = batch_size if batch_size else "batch"
     h, w = img_size
     shape = [batch, 3, h, w] if layout == "nchw" else [batch, h, w, 3]
@@ -70,16 +83,19 @@ def onnx_model(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: i
         for j, (c, p) in enumerate(zip(convs, layers, strict=True)):
             x = conv(x, p, c, f"blocks.{i}.{j}")
         x = op("Add", [x, shortcut]) if skip else x
-    x = op("Flatten", [op(pool, [conv(x, params["head"], spec.head, "head")])])
+    x = pool(conv(x, params["head"], spec.head, "head"))
+    if not spec.global_pool and layout == "nhwc":  # the feature map in the input's layout
+        x = op("Transpose", [x], perm=[0, 2, 3, 1])
     if spec.has_classifier:
         fc = params["classifier"]
         x = op("Gemm", [x, const("classifier.weight", fc["weight"]), const("classifier.bias", fc["bias"])])
     nodes[-1].output[0] = "logits"
+    out_shape = [batch, None] if spec.global_pool else [batch, None, None, None]
     graph = helper.make_graph(
         nodes,
         "mv2jax",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, None])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="mv2jax")

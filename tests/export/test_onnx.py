@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import onnx
 import pytest
+import torch
 
-from mv2jax.export import load_artifact
+from mv2jax.export import data_config, export, load_artifact
 from mv2jax.models import fuse_for_inference
 from tests.export.conftest import IMG_SIZE, VARIANTS
-from tests.timm_reference import rel_err
+from tests.timm_reference import mv2jax_from_timm, random_nhwc, rel_err, run_timm, timm_model
 
 pytestmark = pytest.mark.numerics
 TOLERANCE_FACTOR = 2.0
@@ -71,3 +72,20 @@ def test_dynamic_batch_runs_any_batch_size(variants, tmp_path):
     for part in (slice(0, 1), slice(0, 3)):
         ours, timm_own = rel_err(run(v.x[part]), v.ref64[part]), rel_err(v.ref32[part], v.ref64[part])
         assert ours <= TOLERANCE_FACTOR * timm_own
+
+
+@pytest.mark.parametrize(
+    "num_classes, global_pool, layout",
+    [(7, "avgmax", "nchw"), (7, "catavgmax", "nhwc"), (0, "max", "nchw"), (0, "", "nchw"), (0, "", "nhwc")],
+)
+def test_every_timm_head_exports_within_twice_timm_fp32_error(tmp_path, num_classes, global_pool, layout):
+    name = "mobilenetv2_035"
+    tmodel = timm_model(name, seed=5, num_classes=num_classes, global_pool=global_pool)
+    model = mv2jax_from_timm(tmodel, name, num_classes=num_classes, global_pool=global_pool)
+    export(model, tmp_path / "m.onnx", "onnx", data_config(model, IMG_SIZE), name=name, layout=layout)
+    run, _ = load_artifact(tmp_path / "m.onnx")
+    x = random_nhwc(2, IMG_SIZE, seed=6)
+    ref64, ref32 = (run_timm(tmodel, x, dtype=dtype) for dtype in (torch.float64, torch.float32))
+    ours = run(x)  # an unpooled map comes back NHWC, as run_timm returns timm's
+    assert ours.shape == ref64.shape
+    assert rel_err(ours, ref64) <= TOLERANCE_FACTOR * rel_err(ref32, ref64)
