@@ -4,6 +4,7 @@ that the numbers exist and are consistent."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -234,3 +235,53 @@ def test_phases_flag_selects_by_glob_or_name_part():
     ]
     assert plan(parse_args(["--skip-loader", "--phases", "loader"])) == []
     assert plan(parse_args(["--skip-timm", "--phases", "loader"])) == loader[:1]
+
+
+def test_export_phases_time_the_artifacts_beside_their_peers_with_logits_errors(tmp_path):
+    """The deployment phases end to end on a small model: mv2jax's ONNX and timm's own ONNX in ONNX Runtime, and
+    the LiteRT pair reported as skipped where litert-torch is not installed (its own environment)."""
+    out = tmp_path / "bench.json"
+    phases = ["export:inference:onnx", "export:inference:timm_onnx", "export:inference:tflite", "timm:inference:eager"]
+    cmd = [sys.executable, "-m", "mv2jax.benchmark", "--model", "mobilenetv2_035", "--img-size", "32"]
+    cmd += ["--batch-sizes", "1", "2", "--repeats", "2", "--skip-train", "--skip-loader", "--output", str(out)]
+    proc = subprocess.run([*cmd, "--phases", *phases], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {(r["variant"], r["batch_size"]): r for r in report["results"] if r["side"] == "export"}
+    assert set(rows) == {(v, b) for v in ("onnx", "timm_onnx", "tflite") for b in (1, 2)}
+    litert = importlib.util.find_spec("litert_torch") is not None
+    for (variant, _), r in rows.items():
+        if variant == "tflite" and not litert:
+            assert r["status"] == "skipped" and "litert_torch is not installed" in r["error"]
+            continue
+        assert r["status"] == "ok", r.get("error")
+        assert _positive(r["images_per_s"]["median"]) and _positive(r["peak_rss_mib"])
+        e = r["logits_error"]
+        assert 0 < e["artifact"] <= 2 * e["timm_float32"], (variant, e)
+    export = report["summary"]["export"]
+    for b in ("1", "2"):
+        assert export["ratios"][b]["onnx/timm_onnx"] == pytest.approx(
+            rows["onnx", int(b)]["images_per_s"]["median"] / rows["timm_onnx", int(b)]["images_per_s"]["median"]
+        )
+    assert set(export["logits_error"]) == {"onnx", "timm_onnx"} | ({"tflite"} if litert else set())
+    assert report["summary"]["targets_met"].keys() >= {"export_b1_onnx/timm_onnx>=0.9", "export_b2_onnx/timm_onnx>=0.9"}
+    assert "exported artifacts over their peers" in proc.stdout and "logits error vs timm float64" in proc.stdout
+
+
+def test_export_summary_holds_each_target_at_its_batch_sizes():
+    results = [
+        _result("inference", "onnx", 1, 330.0, None, side="export"),
+        _result("inference", "onnx", 32, 200.0, None, side="export"),
+        _result("inference", "timm_onnx", 1, 300.0, None, side="export"),
+        _result("inference", "timm_onnx", 32, 250.0, None, side="export"),
+        _result("inference", "compile", 1, 200.0, None, side="timm"),
+        _result("inference", "compile", 32, 210.0, None, side="timm"),
+    ]
+    summary = summarize(results, (1, 32), None)
+    assert summary["export"]["ratios"]["1"] == pytest.approx({"onnx/compile": 1.65, "onnx/timm_onnx": 1.1})
+    assert summary["targets_met"] == {  # no mv2jax side ran: no inference ratio; no LiteRT pair: no target
+        "export_b1_onnx/compile>=1.5": True,
+        "export_b32_onnx/compile>=1.0": False,  # 200 / 210
+        "export_b1_onnx/timm_onnx>=0.9": True,
+        "export_b32_onnx/timm_onnx>=0.9": False,  # 0.8
+    }

@@ -14,6 +14,12 @@ TARGET_INFER_RATIO = 1.5
 TARGET_TRAIN_RATIO = 1.5
 TARGET_TRAIN_COMPILE_S = 10.0
 _TARGET_RATIOS = {"inference": TARGET_INFER_RATIO, "train": TARGET_TRAIN_RATIO}
+# Deployment: (artifact, its peer, the least ratio per batch size; None for every batch size).
+EXPORT_TARGETS = (
+    ("onnx", "timm:compile", {1: 1.5, 32: 1.0}),  # mv2jax's ONNX in ONNX Runtime vs timm torch.compile
+    ("onnx", "export:timm_onnx", {None: 0.9}),  # vs timm's own ONNX of the same network
+    ("tflite", "export:timm_tflite", {None: 0.9}),  # vs litert-torch's conversion of timm's model
+)
 
 
 def _ok(results: list[dict], **match: Any) -> list[dict]:
@@ -75,6 +81,28 @@ def _roofline(results: list[dict], summary: dict[str, Any]) -> dict[str, Any] | 
     return out
 
 
+def _export_summary(results: list[dict], batch_sizes: tuple[int, ...], targets: dict[str, bool]) -> dict[str, Any]:
+    """Each artifact's throughput over its peer's at every batch size (`EXPORT_TARGETS`; the targets met go into
+    `targets`), and each artifact's logits error against timm in float64 beside timm's own float32 error."""
+    speed = {
+        (f"{r['side']}:{r['variant']}", r["batch_size"]): r["images_per_s"]["median"]
+        for r in _ok(results, mode="inference")
+    }
+    ratios: dict[str, dict[str, float]] = {}
+    for artifact, peer, least in EXPORT_TARGETS:
+        for b in batch_sizes:
+            ours, theirs = speed.get((f"export:{artifact}", b)), speed.get((peer, b))
+            if ours is None or theirs is None:
+                continue
+            key = f"{artifact}/{peer.split(':')[1]}"
+            ratios.setdefault(str(b), {})[key] = ours / theirs
+            bound = least.get(b, least.get(None))
+            if bound is not None:
+                targets[f"export_b{b}_{key}>={bound}"] = ours / theirs >= bound
+    errors = {r["variant"]: r["logits_error"] for r in _ok(results, side="export") if "logits_error" in r}
+    return {"ratios": ratios, "logits_error": errors} if ratios or errors else {}
+
+
 def summarize(results: list[dict], batch_sizes: tuple[int, ...], train_batch: int | None) -> dict[str, Any]:
     """Ratios (mv2jax best / timm best, > 1 means mv2jax is faster) and whether the project's targets are met."""
     summary: dict[str, Any] = {"inference": {str(b): _compare(results, "inference", b) for b in batch_sizes}}
@@ -96,6 +124,9 @@ def summarize(results: list[dict], batch_sizes: tuple[int, ...], train_batch: in
             targets[f"train_compile_s<={TARGET_TRAIN_COMPILE_S}"] = (
                 comp["mv2jax_compile_s"]["cold"] <= TARGET_TRAIN_COMPILE_S
             )
+    export = _export_summary(results, batch_sizes, targets)
+    if export:
+        summary["export"] = export
     summary["targets_met"] = targets
     loader = summarize_loader(results)
     if loader is not None:
@@ -172,6 +203,17 @@ def _lowering_lines(results: list[dict]) -> list[str]:
     return ["", "train step lowered for accelerators (op histogram, most frequent first):", *lines] if lines else []
 
 
+def _export_lines(export: dict[str, Any]) -> list[str]:
+    lines = ["", "exported artifacts over their peers (images/s):"]
+    for batch, ratios in export["ratios"].items():
+        lines.append(f"  b={batch:<3} " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+    lines.append("logits error vs timm float64 (max|diff| / max|ref|; the bound is 2x timm's own float32 error):")
+    for variant, e in export["logits_error"].items():
+        verdict = "ok" if e["artifact"] <= 2 * e["timm_float32"] else "OVER 2x"
+        lines.append(f"  {variant:<14} {e['artifact']:.2e}  (timm float32 {e['timm_float32']:.2e}: {verdict})")
+    return lines
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The human-readable table of a finished run (`report` as written to the JSON file)."""
     m, results, summary = report["machine"], report["results"], report["summary"]
@@ -198,6 +240,8 @@ def format_report(report: dict[str, Any]) -> str:
                 f" / {_fmt(tb.get('images_per_s'), '.2f')} ({tb.get('variant', '-')})"
                 f" = {_fmt(comp['ratio'], '.2f')}x"
             )
+    if "export" in summary:
+        lines += _export_lines(summary["export"])
     if "loader" in summary:
         lines += [""] + format_loader_section(report)
     lines += ["", "XLA cost analysis per image:"] + _cost_lines(results)
