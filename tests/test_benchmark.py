@@ -239,7 +239,7 @@ def test_phases_flag_selects_by_glob_or_name_part():
 
 def test_export_phases_time_the_artifacts_beside_their_peers_with_logits_errors(tmp_path):
     """The deployment phases end to end on a small model: mv2jax's ONNX and timm's own ONNX in ONNX Runtime, and
-    the LiteRT pair reported as skipped where litert-torch is not installed (its own environment)."""
+    mv2jax's LiteRT artifact, reported as skipped where litert-converter is not installed (its own environment)."""
     out = tmp_path / "bench.json"
     phases = ["export:inference:onnx", "export:inference:timm_onnx", "export:inference:tflite", "timm:inference:eager"]
     cmd = [sys.executable, "-m", "mv2jax.benchmark", "--model", "mobilenetv2_035", "--img-size", "32"]
@@ -249,10 +249,10 @@ def test_export_phases_time_the_artifacts_beside_their_peers_with_logits_errors(
     report = json.loads(out.read_text())
     rows = {(r["variant"], r["batch_size"]): r for r in report["results"] if r["side"] == "export"}
     assert set(rows) == {(v, b) for v in ("onnx", "timm_onnx", "tflite") for b in (1, 2)}
-    litert = importlib.util.find_spec("litert_torch") is not None
+    litert = importlib.util.find_spec("litert_converter") is not None
     for (variant, _), r in rows.items():
         if variant == "tflite" and not litert:
-            assert r["status"] == "skipped" and "litert_torch is not installed" in r["error"]
+            assert r["status"] == "skipped" and "litert_converter is not installed" in r["error"]
             continue
         assert r["status"] == "ok", r.get("error")
         assert _positive(r["images_per_s"]["median"]) and _positive(r["peak_rss_mib"])

@@ -1,5 +1,6 @@
 """No torch needed: in a Python where `import torch` fails, every mv2jax module imports without it, and a model
-loads from a safetensors checkpoint, trains a step, validates, and converts to mv2jax and back.
+loads from a safetensors checkpoint, trains a step, validates, converts to mv2jax and back, and exports (ONNX,
+StableHLO; LiteRT where litert-converter is installed) to artifacts that predict runs.
 
 The child process gets a `sitecustomize` that makes importing torch raise ModuleNotFoundError, as on a machine
 without it. The safetensors checkpoint is timm's own, written by this (parent) process, which has torch.
@@ -109,6 +110,21 @@ for k, v in source.items():
     np.testing.assert_array_equal(back[k], v, err_msg=k)
 assert "torch" not in sys.modules
 print("convert ok", flush=True)
+
+# export: ONNX and StableHLO (and LiteRT where litert-converter is installed), each then run by predict
+import importlib.util
+
+from mv2jax import predict
+from mv2jax.convert.verify import photo_path
+from mv2jax.export.__main__ import main as export
+
+formats = ["onnx", "stablehlo"] + (["tflite"] if importlib.util.find_spec("litert_converter") else [])
+for fmt in formats:
+    artifact = work / f"model.{fmt}"
+    assert export(["--model", NAME, "--checkpoint", str(ckpt), "--format", fmt, "--output", str(artifact)]) == 0
+    assert predict.main([str(photo_path(None)), "--artifact", str(artifact)]) == 0
+assert "torch" not in sys.modules and "timm" not in sys.modules
+print("export ok", flush=True)
 """
 
 
@@ -131,5 +147,5 @@ def test_everything_but_verify_runs_without_torch(tmp_path: Path) -> None:
     )
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
-    for what in ("imports", "create_model", "train step", "validate", "convert"):
+    for what in ("imports", "create_model", "train step", "validate", "convert", "export"):
         assert f"{what} ok" in done.stdout, out[-4000:]

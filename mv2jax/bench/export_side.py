@@ -3,10 +3,11 @@
 Variants (all fp32, `side='export'`, `mode='inference'`): `onnx` (mv2jax's ONNX artifact, `mv2jax.export`, in ONNX
 Runtime), `timm_onnx` (timm's own ONNX export of the same weights, `timm.utils.onnx.onnx_export`, in ONNX Runtime:
 the peer), `onnx_openvino` (mv2jax's ONNX read by OpenVINO, compiled per batch size, f32 precision hint), `tflite`
-(mv2jax's LiteRT artifact) and `timm_tflite` (litert-torch's conversion of timm's model) in the LiteRT interpreter
-(XNNPACK), one artifact per batch size. A variant whose packages are not installed is reported as skipped. Each
-record also holds `logits_error`: the artifact's max|diff| / max|ref| against timm in float64 on a seeded batch of
-the smallest batch size, next to timm's own float32 error on it (the forward-parity yardstick).
+(mv2jax's LiteRT artifact, NHWC, via litert-converter) and `timm_tflite` (litert-torch's conversion of timm's model,
+NCHW) in the LiteRT interpreter (XNNPACK), one artifact per batch size. Each is fed inputs in its own layout. A
+variant whose packages are not installed is reported as skipped. Each record also holds `logits_error`: the
+artifact's max|diff| / max|ref| against timm in float64 on a seeded batch of the smallest batch size, next to
+timm's own float32 error on it (the forward-parity yardstick).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import numpy as np
 from mv2jax.bench.common import BenchConfig, peak_rss_mib, time_calls
 
 VARIANTS = ("onnx", "timm_onnx", "onnx_openvino", "tflite", "timm_tflite")
-NEEDS = {"onnx_openvino": "openvino", "tflite": "litert_torch", "timm_tflite": "litert_torch"}
+NEEDS = {"onnx_openvino": "openvino", "tflite": "litert_converter", "timm_tflite": "litert_torch"}
+NHWC = ("tflite",)  # the variants whose artifact takes NHWC input; the rest take NCHW
 
 
 def _timm_model(cfg: BenchConfig):
@@ -43,10 +45,7 @@ def _export_mv2jax(tmodel, cfg: BenchConfig, path: Path, fmt: str = "onnx", batc
 
 
 def _tflite_runners(tmodel, cfg: BenchConfig, tmp: str, variant: str) -> Callable[[int], Callable]:
-    """batch -> run(x NCHW): a LiteRT artifact converted for that batch size, in the interpreter."""
-    import litert_torch
-    import torch
-
+    """batch -> run(x): a LiteRT artifact converted for that batch size, in the interpreter."""
     from mv2jax.export.tflite import runner
 
     def for_batch(batch: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -54,6 +53,9 @@ def _tflite_runners(tmodel, cfg: BenchConfig, tmp: str, variant: str) -> Callabl
         if variant == "tflite":
             _export_mv2jax(tmodel, cfg, path, "tflite", batch)
         else:
+            import litert_torch
+            import torch
+
             example = torch.zeros(batch, 3, cfg.img_size, cfg.img_size)
             litert_torch.convert(tmodel, (example,)).export(str(path))
         return runner(path, cfg.resolved_threads())
@@ -85,7 +87,9 @@ def _openvino_runners(path: Path, cfg: BenchConfig) -> Callable[[int], Callable[
     return for_batch
 
 
-def _errors(tmodel, run: Callable[[np.ndarray], np.ndarray], batch: int, cfg: BenchConfig) -> dict[str, float]:
+def _errors(
+    tmodel, run: Callable[[np.ndarray], np.ndarray], batch: int, cfg: BenchConfig, nhwc: bool
+) -> dict[str, float]:
     import torch
 
     from mv2jax.export.verify import rel_err, timm_logits
@@ -93,7 +97,7 @@ def _errors(tmodel, run: Callable[[np.ndarray], np.ndarray], batch: int, cfg: Be
     x = np.random.default_rng(0).standard_normal((batch, cfg.img_size, cfg.img_size, 3), dtype=np.float32)
     ref = timm_logits(tmodel, x, torch.float64)
     return {
-        "artifact": rel_err(run(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), ref),
+        "artifact": rel_err(run(x if nhwc else np.ascontiguousarray(x.transpose(0, 3, 1, 2))), ref),
         "timm_float32": rel_err(timm_logits(tmodel, x, torch.float32), ref),
     }
 
@@ -123,10 +127,12 @@ def inference_phase(cfg: BenchConfig, variant: str) -> list[dict[str, Any]]:
             run = runner(path, threads)
             for_batch = lambda batch: run  # noqa: E731 (one session, dynamic batch)
         for_batch = functools.cache(for_batch)  # one artifact / compiled model per batch size
-        errors = _errors(tmodel, for_batch(min(cfg.batch_sizes)), min(cfg.batch_sizes), cfg)
+        nhwc = variant in NHWC
+        errors = _errors(tmodel, for_batch(min(cfg.batch_sizes)), min(cfg.batch_sizes), cfg, nhwc)
         results = []
         for batch in sorted(cfg.batch_sizes):
-            x = np.random.default_rng(batch).standard_normal((batch, 3, cfg.img_size, cfg.img_size), np.float32)
+            shape = (batch, cfg.img_size, cfg.img_size, 3) if nhwc else (batch, 3, cfg.img_size, cfg.img_size)
+            x = np.random.default_rng(batch).standard_normal(shape, np.float32)
             run_b = for_batch(batch)
             timing = time_calls(lambda run_b=run_b, x=x: run_b(x), batch, cfg)
             results.append(

@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--layout",
         choices=("nchw", "nhwc"),
-        help="input layout: ONNX defaults to nchw (nhwc adds one Transpose at the input); StableHLO is nhwc, "
-        "tflite nchw",
+        help="input layout: ONNX defaults to nchw, tflite to nhwc (the other adds one transpose at the input); "
+        "StableHLO is nhwc",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing FILE (still atomically)")
     p.add_argument(

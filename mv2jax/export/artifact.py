@@ -42,12 +42,14 @@ class Format:
     install: str = "pip install 'mv2jax[export]'"
 
 
-# litert-torch pins older pydantic and typing_extensions than the training stack uses: install it on its own.
-LITERT_INSTALL = "pip install 'mv2jax[litert]' (in its own environment: it downgrades pydantic and typing_extensions)"
+# litert-converter pins xdsl 0.28, which caps typing_extensions below what pydantic and anyio ask: its own environment.
+LITERT_INSTALL = "pip install 'mv2jax[litert]' (in its own environment: it pins an older typing_extensions)"
 FORMATS = {
     "onnx": Format("mv2jax.export.onnx_graph", ("nchw", "nhwc"), True, "onnx", "onnxruntime"),
     "stablehlo": Format("mv2jax.export.stablehlo", ("nhwc",), True, "jax", "jax"),
-    "tflite": Format("mv2jax.export.tflite", ("nchw",), False, "litert_torch", "ai_edge_litert", LITERT_INSTALL),
+    "tflite": Format(
+        "mv2jax.export.tflite", ("nhwc", "nchw"), False, "litert_converter", "ai_edge_litert", LITERT_INSTALL
+    ),
 }
 
 

@@ -21,22 +21,36 @@ from mv2jax.models import FusedMobileNetV2, MobileNetV2, fuse_for_inference
 PLATFORMS = ("cpu", "cuda", "tpu")
 
 
-def exported(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: int | None) -> jax.export.Exported:
+def exported(
+    fused: FusedMobileNetV2,
+    img_size: tuple[int, int],
+    batch_size: int | None,
+    layout: str = "nhwc",
+    platforms: tuple[str, ...] = PLATFORMS,
+) -> jax.export.Exported:
     """The `jax.export.Exported` of `fused` (built with `conv_impl='xla'`) for `img_size` (H, W) inputs, a fixed
-    or a symbolic batch."""
+    or a symbolic batch, lowered for `platforms`. With `layout='nchw'` the input is `[batch, 3, H, W]`, transposed
+    once at the start (and an unpooled feature map back at the end)."""
     if fused.spec.conv_impl != "xla":
         raise ValueError(f"StableHLO export takes the 'xla' formulation, got conv_impl={fused.spec.conv_impl!r}")
     params = fused.params
     h, w = img_size
     batch = batch_size if batch_size else "b"
-    shape = jax.export.symbolic_shape(f"{batch}, {h}, {w}, {fused.in_chans}")
-    x = jax.ShapeDtypeStruct(shape, jnp.float32)
-    return jax.export.export(jax.jit(lambda x: fused.apply(params, x)), platforms=PLATFORMS)(x)
+    dims = (h, w, fused.in_chans) if layout == "nhwc" else (fused.in_chans, h, w)
+    x = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"{batch}, {dims[0]}, {dims[1]}, {dims[2]}"), jnp.float32)
+
+    def forward(x: jax.Array) -> jax.Array:
+        if layout == "nhwc":
+            return fused.apply(params, x)
+        y = fused.apply(params, x.transpose(0, 2, 3, 1))
+        return y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
+
+    return jax.export.export(jax.jit(forward), platforms=platforms)(x)
 
 
 def serialize(model: MobileNetV2, img_size: tuple[int, int], batch_size: int | None, layout: str) -> bytes:
     """The serialized artifact (`layout` is always 'nhwc', JAX's)."""
-    return bytes(exported(fuse_for_inference(model, conv_impl="xla"), img_size, batch_size).serialize())
+    return bytes(exported(fuse_for_inference(model, conv_impl="xla"), img_size, batch_size, layout).serialize())
 
 
 def runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:

@@ -135,12 +135,14 @@ def test_verify_without_timm_says_so_in_one_line(capsys, tmp_path, timm_file, mo
     assert list(tmp_path.iterdir()) == []
 
 
-def test_tflite_without_litert_torch_says_how_to_install_it(capsys, tmp_path, timm_file, monkeypatch):
+def test_tflite_without_litert_converter_says_how_to_install_it(capsys, tmp_path, timm_file, monkeypatch):
     real = artifact.importlib.util.find_spec
-    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "litert_torch" else real(name, *a))
+    monkeypatch.setattr(
+        "importlib.util.find_spec", lambda name, *a: None if name == "litert_converter" else real(name, *a)
+    )
     argv = ["--model", "mobilenetv2_035", "--checkpoint", timm_file, "--format", "tflite", "--output", tmp_path / "m"]
     code, _, stderr = _run(capsys, *argv)
-    assert code == 2 and "needs litert_torch: pip install 'mv2jax[litert]'" in stderr and stderr.count("\n") == 1
+    assert code == 2 and "needs litert_converter: pip install 'mv2jax[litert]'" in stderr and stderr.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
 
 
