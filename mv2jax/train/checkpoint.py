@@ -259,6 +259,11 @@ class TrainCheckpointer:
 
     def close(self) -> None:
         self.manager.wait_until_finished()
+        # orbax's close() does not wait for the leftover-temp-directory cleanup its constructor starts; a run that
+        # stops at once (bad --resume) would exit under that thread, which then prints a traceback at shutdown.
+        cleanup = getattr(self.manager, "_cleanup_tmp_directory_future", None)
+        if cleanup is not None:
+            cleanup.result()
         self.manager.close()
 
 

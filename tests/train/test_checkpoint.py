@@ -4,6 +4,7 @@ uninterrupted run's)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -390,3 +391,19 @@ def test_kill_9_loses_at_most_an_epoch_and_a_rerun_ends_exactly_as_an_uninterrup
     assert (run_dir / "summary.csv").read_text() == (resumed_runs["reference"] / "summary.csv").read_text()
     leftovers = [p.name for p in (run_dir / "checkpoints").iterdir() if not p.name.isdigit()]
     assert leftovers == []  # no temporary directory of an interrupted save survives
+
+
+def test_close_waits_for_orbax_temp_directory_cleanup(tmp_path, monkeypatch):
+    """orbax's CheckpointManager starts cleaning leftover temp directories in a thread and its close() does not wait
+    for it; a run that stops at once (a bad --resume) then exits under that thread, which prints a traceback."""
+    from orbax.checkpoint import checkpoint_manager
+
+    done = []
+
+    async def slow_cleanup(*args, **kwargs):
+        await asyncio.sleep(0.5)
+        done.append(True)
+
+    monkeypatch.setattr(checkpoint_manager.temporary_paths, "cleanup_temporary_paths", slow_cleanup)
+    TrainCheckpointer(tmp_path / "checkpoints").close()
+    assert done == [True]
