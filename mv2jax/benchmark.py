@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import fnmatch
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -30,8 +32,10 @@ from typing import Any
 from mv2jax import host_memory
 from mv2jax.bench.common import MODEL_MODES, BenchConfig, LoaderBench, RooflineBench, available_cores, machine_info
 from mv2jax.bench.export_side import VARIANTS as EXPORT_VARIANTS
+from mv2jax.bench.markdown import append_section
 from mv2jax.bench.report import format_report, summarize
 from mv2jax.bench.sample_jpegs import describe_image_folder, write_sample_jpegs
+from mv2jax.io import write_atomic
 
 FUSED_VARIANT = "fused"  # inference only: `fuse_for_inference` of the model (conv_impl 'auto')
 QUICK = dict(
@@ -321,6 +325,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-isolate", action="store_true", help="run phases in this process (RSS then accumulates)")
     p.add_argument("--phase-timeout", type=float, default=3600.0, help="seconds before a phase is abandoned")
     p.add_argument("--output", default=None, help="write the JSON report here")
+    p.add_argument(
+        "--markdown",
+        default=None,
+        metavar="FILE",
+        help="append the run as a section of FILE (e.g. BENCHMARKS.md): date, machine, versions, command, table",
+    )
+    p.add_argument("--title", default="Benchmark run", help="the --markdown section's heading (the date is added)")
+    p.add_argument(
+        "--from-json",
+        default=None,
+        metavar="REPORT",
+        help="measure nothing: print (and with --markdown append) a report an earlier --output wrote",
+    )
     p.add_argument("--phase", help=argparse.SUPPRESS)
     p.add_argument("--config-json", help=argparse.SUPPRESS)
     p.add_argument("--phase-output", help=argparse.SUPPRESS)
@@ -336,14 +353,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         _pin_cores(cfg.threads)
         Path(args.phase_output).write_text(json.dumps(run_phase(Phase.parse(args.phase), cfg)))
         return None
-    cfg = config_from_args(args)
-    if cfg.threads and cfg.threads > available_cores():
-        raise SystemExit(f"--threads {cfg.threads} exceeds the {available_cores()} cores available")
-    report = run_all(args, cfg)
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+    else:
+        cfg = config_from_args(args)
+        if cfg.threads and cfg.threads > available_cores():
+            raise SystemExit(f"--threads {cfg.threads} exceeds the {available_cores()} cores available")
+        started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        report = {"date": started, "command": shlex.join(["python", "-m", "mv2jax.benchmark", *(argv or sys.argv[1:])])}
+        report |= run_all(args, cfg)
     print(format_report(report))
-    if args.output:
-        Path(args.output).write_text(json.dumps(report, indent=1))
+    if args.output and not args.from_json:
+        write_atomic(Path(args.output), json.dumps(report, indent=1).encode())
         print(f"\nwrote {args.output}")
+    if args.markdown:
+        append_section(args.markdown, report, args.title)
+        print(f"appended a section to {args.markdown}")
     return report
 
 

@@ -25,9 +25,15 @@ LOADER_VARIANTS = ("transform", "loader_j0", "loader_j2")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> tuple[dict, str]:
-    """(the JSON report, the printed table) of one quick run of every phase."""
-    out = tmp_path_factory.mktemp("bench") / "bench.json"
+def bench_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bench")
+
+
+@pytest.fixture(scope="module")
+def run(bench_dir) -> tuple[dict, str]:
+    """(the JSON report, the printed table) of one quick run of every phase; its markdown section goes to
+    `bench.md` beside the report."""
+    out = bench_dir / "bench.json"
     cmd = [
         sys.executable,
         "-m",
@@ -39,6 +45,10 @@ def run(tmp_path_factory) -> tuple[dict, str]:
         str(TRAIN_BATCH),
         "--output",
         str(out),
+        "--markdown",
+        str(out.with_suffix(".md")),
+        "--title",
+        "Quick run",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -285,3 +295,33 @@ def test_export_summary_holds_each_target_at_its_batch_sizes():
         "export_b1_onnx/timm_onnx>=0.9": True,
         "export_b32_onnx/timm_onnx>=0.9": False,  # 0.8
     }
+
+
+def test_markdown_section_is_written_from_the_report(run, bench_dir, tmp_path):
+    """`--markdown` appends the run to a BENCHMARKS.md-style file: date, machine, versions, command, one table row
+    per measured phase with its median, the ratios and targets; `--from-json` renders the same from the JSON."""
+    report, _ = run
+    md = (bench_dir / "bench.md").read_text()
+    assert md.startswith("# Benchmarks\n\n## Quick run (" + report["date"][:10] + ")")
+    m = report["machine"]
+    assert f"- Date: {report['date']}" in md and m["cpu_model"] in md
+    assert f"jax {m['jax']}" in md and f"timm {m['timm']}" in md and f"Python {m['python']}" in md
+    assert report["command"].startswith("python -m mv2jax.benchmark --quick") and f"`{report['command']}`" in md
+    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| mode")]
+    measured = [r for r in report["results"] if r["mode"] in MODEL_MODES]
+    assert len(rows) == len(measured)
+    for line, r in zip(rows, measured, strict=True):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[:4] == [r["mode"], r["side"], r["variant"], str(r["batch_size"])]
+        assert float(cells[4]) == pytest.approx(r["images_per_s"]["median"], abs=0.05)
+    for batch, comp in report["summary"]["inference"].items():
+        assert f"inference b={batch}: {comp['ratio']:.2f}x" in md
+    assert "- targets: " in md
+    saved = bench_dir / "bench.json"
+    again = tmp_path / "BENCHMARKS.md"
+    again.write_text("# Benchmarks\n\nAn earlier section.\n")
+    cmd = [sys.executable, "-m", "mv2jax.benchmark", "--from-json", str(saved), "--markdown", str(again)]
+    cmd += ["--title", "Quick run"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert again.read_text() == "# Benchmarks\n\nAn earlier section.\n\n" + md.removeprefix("# Benchmarks\n\n")

@@ -156,6 +156,10 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+CORE_PACKAGES = ("jax", "jaxlib", "flax", "optax", "torch", "timm")
+OPTIONAL_PACKAGES = ("onnxruntime", "openvino", "ai-edge-litert", "litert-converter", "litert-torch")  # export phases
+
+
 def machine_info() -> dict[str, Any]:
     """The machine and the installed versions (read from package metadata: nothing is imported)."""
     info: dict[str, Any] = {
@@ -166,7 +170,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "load_avg_1_5_15": list(os.getloadavg()),
     }
-    for name in ("jax", "jaxlib", "flax", "optax", "torch", "timm"):
+    for name in CORE_PACKAGES + OPTIONAL_PACKAGES:
         try:
             info[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -141,16 +141,22 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def row_figures(r: dict, summary: dict) -> tuple[float | None, float | None]:
+    """(throughput over timm's best at the same mode and batch, lower()+compile() seconds) of an ok result."""
+    comp = summary.get(r["mode"], {}).get(str(r["batch_size"]), {})
+    timm_best = (comp.get("timm_best") or {}).get("images_per_s")
+    c = r.get("compile", {})
+    aot = c["lower_s"] + c["compile_s"] if "compile_s" in c else None
+    return (r["images_per_s"]["median"] / timm_best if timm_best else None), aot
+
+
 def _row(r: dict, summary: dict) -> str:
     head = f"{r['mode']:<9} {r['side']:<6} {r['variant']:<22} {r['batch_size']:>5}"
     if r.get("status") != "ok":
         return f"{head}  {r.get('status', '?').upper()}: {r.get('error', '').splitlines()[-1][:90]}"
     ips = r["images_per_s"]
-    comp = summary.get(r["mode"], {}).get(str(r["batch_size"]), {})
-    timm_best = (comp.get("timm_best") or {}).get("images_per_s")
-    ratio = ips["median"] / timm_best if timm_best else None
+    ratio, aot = row_figures(r, summary)
     c = r.get("compile", {})
-    aot = c["lower_s"] + c["compile_s"] if "compile_s" in c else None
     temp = c.get("memory_mib", {}).get("temp")
     return (
         f"{head} {ips['median']:>9.2f} {ips['min']:>8.2f}-{ips['max']:<8.2f} {ips['spread_pct']:>5.1f}% "
