@@ -114,20 +114,23 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def time_calls(call: Callable[[], Any], images_per_call: int, cfg: BenchConfig) -> dict[str, Any]:
-    """Warm up, then `cfg.repeats` timed runs of back-to-back synchronous calls (`call` must block until its
-    result is ready). Returns images/s per run and their median, min, max and spread (max-min over median, %)."""
+def _warm(call: Callable[[], Any], cfg: BenchConfig) -> int:
+    """Warm `call` up; the calls per timed run that make it last about `cfg.target_run_s`."""
     t0 = time.perf_counter()
     for _ in range(max(cfg.warmup, 1)):
         call()
     per_call = (time.perf_counter() - t0) / max(cfg.warmup, 1)
-    iters = max(cfg.min_iters, math.ceil(cfg.target_run_s / max(per_call, 1e-6)))
-    rates = []
-    for _ in range(cfg.repeats):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            call()
-        rates.append(images_per_call * iters / (time.perf_counter() - t0))
+    return max(cfg.min_iters, math.ceil(cfg.target_run_s / max(per_call, 1e-6)))
+
+
+def _timed_run(call: Callable[[], Any], iters: int, images_per_call: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        call()
+    return images_per_call * iters / (time.perf_counter() - t0)
+
+
+def _stats(rates: list[float], iters: int, images_per_call: int) -> dict[str, Any]:
     median = statistics.median(rates)
     return {
         "median": median,
@@ -138,6 +141,25 @@ def time_calls(call: Callable[[], Any], images_per_call: int, cfg: BenchConfig) 
         "iters_per_run": iters,
         "step_s": images_per_call / median,
     }
+
+
+def time_calls(call: Callable[[], Any], images_per_call: int, cfg: BenchConfig) -> dict[str, Any]:
+    """Warm up, then `cfg.repeats` timed runs of back-to-back synchronous calls (`call` must block until its
+    result is ready). Returns images/s per run and their median, min, max and spread (max-min over median, %)."""
+    iters = _warm(call, cfg)
+    return _stats([_timed_run(call, iters, images_per_call) for _ in range(cfg.repeats)], iters, images_per_call)
+
+
+def time_interleaved(calls: dict[str, Callable[[], Any]], images_per_call: int, cfg: BenchConfig) -> dict[str, Any]:
+    """`time_calls` for several calls in one process, their timed runs interleaved round by round (the order
+    reversed every other round): a slow spell of a shared machine then falls on all of them alike, so their ratio
+    holds where separate phases minutes apart can differ by a third."""
+    iters = {name: _warm(call, cfg) for name, call in calls.items()}
+    rates: dict[str, list[float]] = {name: [] for name in calls}
+    for k in range(cfg.repeats):
+        for name in list(calls)[:: 1 if k % 2 == 0 else -1]:
+            rates[name].append(_timed_run(calls[name], iters[name], images_per_call))
+    return {name: _stats(rates[name], iters[name], images_per_call) for name in calls}
 
 
 def peak_rss_mib() -> float:

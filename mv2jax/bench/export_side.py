@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from mv2jax.bench.common import BenchConfig, peak_rss_mib, time_calls
+from mv2jax.bench.common import BenchConfig, peak_rss_mib, time_interleaved
 
 VARIANTS = ("onnx", "timm_onnx", "onnx_openvino", "tflite", "timm_tflite")
 NEEDS = {"onnx_openvino": "openvino", "tflite": "litert_converter", "timm_tflite": "litert_torch"}
 NHWC = ("tflite",)  # the variants whose artifact takes NHWC input; the rest take NCHW
+PEERS = {"onnx": "timm_onnx", "tflite": "timm_tflite"}  # timed interleaved with the artifact, in its phase
 
 
 def _timm_model(cfg: BenchConfig):
@@ -102,47 +103,70 @@ def _errors(
     }
 
 
-def inference_phase(cfg: BenchConfig, variant: str) -> list[dict[str, Any]]:
-    from mv2jax.bench.timm_side import set_threads
+def _runners(tmodel, cfg: BenchConfig, tmp: str, variant: str) -> Callable[[int], Callable[[np.ndarray], np.ndarray]]:
+    """batch -> run(x) for `variant`'s artifact, made in `tmp` (one artifact / compiled model per batch size)."""
     from mv2jax.export.onnx_graph import runner
+
+    path = Path(tmp, f"{variant}.onnx")
+    if variant.endswith("tflite"):
+        for_batch = _tflite_runners(tmodel, cfg, tmp, variant)
+    elif variant == "onnx_openvino":
+        _export_mv2jax(tmodel, cfg, path)
+        for_batch = _openvino_runners(path, cfg)
+    else:
+        (_export_timm if variant == "timm_onnx" else _export_mv2jax)(tmodel, cfg, path)
+        run = runner(path, cfg.resolved_threads())
+        for_batch = lambda batch: run  # noqa: E731 (one session, dynamic batch)
+    return functools.cache(for_batch)
+
+
+def _input(cfg: BenchConfig, batch: int, variant: str) -> np.ndarray:
+    nhwc = variant in NHWC
+    shape = (batch, cfg.img_size, cfg.img_size, 3) if nhwc else (batch, 3, cfg.img_size, cfg.img_size)
+    return np.random.default_rng(batch).standard_normal(shape, np.float32)
+
+
+def _missing(variant: str) -> str | None:
+    need = NEEDS.get(variant)
+    return need if need and importlib.util.find_spec(need) is None else None
+
+
+def inference_phase(cfg: BenchConfig, variant: str) -> list[dict[str, Any]]:
+    """`variant`'s artifact timed at every batch size; where it has a peer (`PEERS`, same runtime) whose packages
+    are installed, the peer's artifact is timed in the same process, interleaved run by run, and recorded under
+    `peer` (the ratio the deployment targets take)."""
+    from mv2jax.bench.timm_side import set_threads
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown export variant {variant!r}: one of {', '.join(VARIANTS)}")
     threads = cfg.resolved_threads()
     base = {"side": "export", "mode": "inference", "variant": variant, "threads": threads}
-    if variant in NEEDS and importlib.util.find_spec(NEEDS[variant]) is None:
-        skipped = {"status": "skipped", "error": f"{NEEDS[variant]} is not installed"}
+    if missing := _missing(variant):
+        skipped = {"status": "skipped", "error": f"{missing} is not installed"}
         return [base | skipped | {"batch_size": b} for b in sorted(cfg.batch_sizes)]
     set_threads(threads)
     tmodel = _timm_model(cfg)
+    peer = PEERS.get(variant)
+    peer = peer if peer and not _missing(peer) else None
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, "model.onnx")
-        if variant.endswith("tflite"):
-            for_batch = _tflite_runners(tmodel, cfg, tmp, variant)
-        elif variant == "onnx_openvino":
-            _export_mv2jax(tmodel, cfg, path)
-            for_batch = _openvino_runners(path, cfg)
-        else:
-            (_export_timm if variant == "timm_onnx" else _export_mv2jax)(tmodel, cfg, path)
-            run = runner(path, threads)
-            for_batch = lambda batch: run  # noqa: E731 (one session, dynamic batch)
-        for_batch = functools.cache(for_batch)  # one artifact / compiled model per batch size
-        nhwc = variant in NHWC
-        errors = _errors(tmodel, for_batch(min(cfg.batch_sizes)), min(cfg.batch_sizes), cfg, nhwc)
+        runners = {v: _runners(tmodel, cfg, tmp, v) for v in (variant, peer) if v}
+        small = min(cfg.batch_sizes)
+        errors = _errors(tmodel, runners[variant](small), small, cfg, variant in NHWC)
         results = []
         for batch in sorted(cfg.batch_sizes):
-            shape = (batch, cfg.img_size, cfg.img_size, 3) if nhwc else (batch, 3, cfg.img_size, cfg.img_size)
-            x = np.random.default_rng(batch).standard_normal(shape, np.float32)
-            run_b = for_batch(batch)
-            timing = time_calls(lambda run_b=run_b, x=x: run_b(x), batch, cfg)
-            results.append(
-                base
-                | {
-                    "batch_size": batch,
-                    "status": "ok",
-                    "images_per_s": timing,
-                    "logits_error": errors,
-                    "peak_rss_mib": peak_rss_mib(),
-                }
-            )
+            calls = {}
+            for v, for_batch in runners.items():
+                run_b, x = for_batch(batch), _input(cfg, batch, v)
+                calls[v] = lambda run_b=run_b, x=x: run_b(x)
+            timings = time_interleaved(calls, batch, cfg)
+            record = base | {
+                "batch_size": batch,
+                "status": "ok",
+                "images_per_s": timings[variant],
+                "logits_error": errors,
+                "peak_rss_mib": peak_rss_mib(),
+            }
+            if peer:
+                record["peer"] = {"variant": peer, "images_per_s": timings[peer]}
+            results.append(record)
     return results

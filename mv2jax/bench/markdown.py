@@ -63,10 +63,11 @@ def markdown_section(report: dict[str, Any], title: str) -> str:
     ]
     notes = ["mv2jax best / timm best: " + "; ".join(notes)] if notes else []
     export = summary.get("export") or {"ratios": {}, "logits_error": {}}
+    together = export.get("interleaved")
+    interleaved = f" ({', '.join(together)} timed interleaved in one process)" if together else ""
     for batch, pairs in export["ratios"].items():
-        notes.append(
-            f"exported artifacts over their peers, b={batch}: " + ", ".join(f"{k} {v:.2f}x" for k, v in pairs.items())
-        )
+        listed = ", ".join(f"{k} {v:.2f}x" for k, v in pairs.items())
+        notes.append(f"exported artifacts over their peers, b={batch}{interleaved}: {listed}")
     errors = export["logits_error"]
     if errors:
         timm_own = next(iter(errors.values()))["timm_float32"]
