@@ -360,7 +360,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         if cfg.threads and cfg.threads > available_cores():
             raise SystemExit(f"--threads {cfg.threads} exceeds the {available_cores()} cores available")
         started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        report = {"date": started, "command": shlex.join(["python", "-m", "mv2jax.benchmark", *(argv or sys.argv[1:])])}
+        report = {
+            "date": started,
+            "command": shlex.join(["python", "-m", "mv2jax.benchmark", *(sys.argv[1:] if argv is None else argv)]),
+        }
         report |= run_all(args, cfg)
     print(format_report(report))
     if args.output and not args.from_json:

@@ -26,7 +26,7 @@ def serialize(model: MobileNetV2, img_size: tuple[int, int], batch_size: int | N
     from litert_converter.mlir.dialects import stablehlo
 
     fused = fuse_for_inference(model, conv_impl="xla")
-    artifact = exported(fused, img_size, batch_size or 1, layout=layout, platforms=("cpu",))
+    artifact = exported(fused, img_size, batch_size, layout=layout, platforms=("cpu",))
     context = ir.Context()
     converter.prepare_mlir_context(context)
     with context:
