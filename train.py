@@ -3,7 +3,7 @@
 
 No arguments: a quick demo run (mobilenetv2_035 on the embedded digits dataset, a few minutes on a CPU).
 Exit codes: 0 done (or stopped by SIGTERM after saving a checkpoint: rerun the same command to resume),
-1 training diverged (non-finite loss; the last checkpoint is intact), 2 bad configuration.
+1 training diverged (non-finite loss; the last checkpoint is intact), 2 bad configuration, 130 interrupted (Ctrl-C).
 `kill -USR1 PID` prints the stack of every thread to stderr (to see where a stuck run waits).
 """
 
@@ -14,7 +14,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from mv2jax.train.config import ConfigError, parse_config
+from mv2jax.cli import cli_main
+from mv2jax.train.config import parse_config
 
 
 def _metrics_text(name: str, metrics: dict | None) -> str:
@@ -23,6 +24,7 @@ def _metrics_text(name: str, metrics: dict | None) -> str:
     return f"{name} top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% loss {metrics['loss']:.4f}"
 
 
+@cli_main("train.py")
 def main(argv: Sequence[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     config = parse_config(argv)
@@ -33,9 +35,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FloatingPointError as e:
         print(f"train.py: stopped: {e}", file=sys.stderr, flush=True)
         return 1
-    except ConfigError as e:
-        print(f"train.py: error: {e}", file=sys.stderr, flush=True)
-        return 2
     if result.preempted:
         print(
             f"SIGTERM: checkpoint saved at update {result.step} (epoch {result.epochs_done}) in "
@@ -58,6 +57,6 @@ if __name__ == "__main__":
     from mv2jax.host_memory import reexec_with_host_allocator
     from mv2jax.train.config import host_allocator_setting
 
-    # no page faults on XLA:CPU's per-step buffers (~1.4x faster CPU train steps); never on a GPU/TPU host
+    # no page faults on XLA:CPU's per-step buffers (faster CPU train steps); never on a GPU/TPU host
     reexec_with_host_allocator(host_allocator_setting())
     sys.exit(main())

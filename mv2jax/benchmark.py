@@ -35,8 +35,10 @@ from mv2jax.bench.export_side import VARIANTS as EXPORT_VARIANTS
 from mv2jax.bench.markdown import append_section
 from mv2jax.bench.report import format_report, summarize
 from mv2jax.bench.sample_jpegs import describe_image_folder, write_sample_jpegs
+from mv2jax.cli import CliParser, cli_main
 from mv2jax.io import write_atomic
 
+PROG = "mv2jax.benchmark"
 FUSED_VARIANT = "fused"  # inference only: `fuse_for_inference` of the model (conv_impl 'auto')
 QUICK = dict(
     model="mobilenetv2_035",
@@ -271,7 +273,7 @@ def _run_phases(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m mv2jax.benchmark", description=__doc__.splitlines()[0])
+    p = CliParser(PROG, description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="timm model name (default mobilenetv2_100)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="inference batch sizes (default 1 32)")
     p.add_argument("--train-batch-size", type=int, default=None, help="train step batch size (default 32)")
@@ -346,19 +348,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+@cli_main(PROG)
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.phase:  # internal: one isolated phase, results to --phase-output
         cfg = BenchConfig.from_json(json.loads(Path(args.config_json).read_text()))
         _pin_cores(cfg.threads)
         Path(args.phase_output).write_text(json.dumps(run_phase(Phase.parse(args.phase), cfg)))
-        return None
+        return 0
     if args.from_json:
         report = json.loads(Path(args.from_json).read_text())
     else:
         cfg = config_from_args(args)
         if cfg.threads and cfg.threads > available_cores():
-            raise SystemExit(f"--threads {cfg.threads} exceeds the {available_cores()} cores available")
+            raise ValueError(f"--threads {cfg.threads} exceeds the {available_cores()} cores available")
         started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         report = {
             "date": started,
@@ -372,10 +375,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.markdown:
         append_section(args.markdown, report, args.title)
         print(f"appended a section to {args.markdown}")
-    return report
+    return 0
 
 
 if __name__ == "__main__":
     if parse_args().host_allocator == "train":
         host_memory.reexec_with_host_allocator("on")  # every phase, timm's and mv2jax's, inherits the same setting
-    main()
+    sys.exit(main())

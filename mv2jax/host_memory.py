@@ -28,7 +28,7 @@ The setting (`train.py --host-allocator`) is 'on', 'off' or 'auto'. 'auto' is on
 CPU: the temporaries above are XLA:CPU's, and on a GPU/TPU host they live in device memory, so such a host never
 re-executes. It is decided without importing JAX (`decide`): from `JAX_PLATFORMS` when set, else from whether a
 JAX accelerator plugin is installed. `MV2JAX_HOST_ALLOCATOR=0` means 'off' too. Data-loading worker
-processes inherit the setting: the RA train transform's loader measured as fast or faster under it.
+processes inherit the setting, which does not slow the RA train transform's loader.
 """
 
 from __future__ import annotations

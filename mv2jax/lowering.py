@@ -21,6 +21,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from mv2jax.cli import CliParser, add_conv_impl_arg, cli_main
+
 PLATFORMS = ("tpu", "cuda")
 # timm's RA template for this family (global batch 2 x 384), at a size that traces quickly; --amp is added for bf16
 RA_FLAGS = (
@@ -168,17 +170,17 @@ def summarize(lowered: Sequence[Lowered]) -> list[dict]:
     ]
 
 
+@cli_main("mv2jax.lowering")
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m mv2jax.lowering --out FILE`: lower the RA train step (fp32 and bf16, on one device and on all)
     and the eval step for TPU and CUDA, and write `summarize`'s facts as JSON. Run it with
     `XLA_FLAGS=--xla_force_host_platform_device_count=8` for an 8-device mesh on a CPU-only machine."""
-    import argparse
     import json
 
-    parser = argparse.ArgumentParser(prog="python -m mv2jax.lowering", description=main.__doc__)
+    parser = CliParser("mv2jax.lowering", description=main.__doc__)
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--model", default="mobilenetv2_035")
-    parser.add_argument("--conv-impl", default="xla", choices=("xla", "cpu"))
+    add_conv_impl_arg(parser, default="xla", auto=False, help="the backend whose train step is lowered")
     parser.add_argument("--platforms", nargs="+", default=list(PLATFORMS))
     parser.add_argument("--quick", action="store_true", help="fp32 on one device only")
     args = parser.parse_args(argv)

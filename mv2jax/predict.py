@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mv2jax.cli import CliParser, add_model_source_args, cli_main
+
 PROG = "mv2jax.predict"
 TOPK = 5
 IMAGENET_CLASSES_FILE = "imagenet_classes.txt"  # in mv2jax.data: one name per line, in class-index order
@@ -25,19 +27,10 @@ def imagenet_class_names() -> list[str]:
     return resources.files("mv2jax.data").joinpath(IMAGENET_CLASSES_FILE).read_text().splitlines()
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=f"python -m {PROG}", description="Top-5 ImageNet classes of images.")
+    p = CliParser(PROG, description="Top-5 ImageNet classes of images.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads)")
-    p.add_argument("--model", "-m", metavar="NAME", help="timm model name (with --pretrained, or a checkpoint file)")
-    p.add_argument("--pretrained", action="store_true", help="timm's Hub weights for --model")
-    p.add_argument("--checkpoint", metavar="PATH", help="a timm checkpoint file or an mv2jax checkpoint directory")
-    p.add_argument("--use-ema", "--ema", dest="use_ema", action="store_true", help="the checkpoint's EMA weights")
+    add_model_source_args(p)
     p.add_argument("--artifact", metavar="FILE", help="an artifact written by python -m mv2jax.export")
     p.add_argument("--img-size", type=int, metavar="N", help="model input size (default: the model's; not artifacts)")
     return p
@@ -80,22 +73,19 @@ def top_k(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
     return [(int(i), float(p[i])) for i in np.argsort(-z, kind="stable")[:k]]
 
 
+@cli_main(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mv2jax.export import load_images
 
-    try:
-        for image in args.images:
-            if not Path(image).is_file():
-                raise FileNotFoundError(f"image {image} does not exist")
-        run, config, num_classes = predictor(args)
-        if num_classes == 0:
-            raise ValueError("the model has no classifier (num_classes 0): there are no classes to rank")
-        names = imagenet_class_names() if num_classes == 1000 else None
-        logits = run(load_images([Path(i) for i in args.images], config))
-    except (ValueError, OSError, ImportError) as e:
-        print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    for image in args.images:
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"image {image} does not exist")
+    run, config, num_classes = predictor(args)
+    if num_classes == 0:
+        raise ValueError("the model has no classifier (num_classes 0): there are no classes to rank")
+    names = imagenet_class_names() if num_classes == 1000 else None
+    logits = run(load_images([Path(i) for i in args.images], config))
     for image, row in zip(args.images, logits, strict=True):
         print(image)
         for rank, (cls, prob) in enumerate(top_k(row, min(TOPK, num_classes)), 1):

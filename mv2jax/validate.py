@@ -7,7 +7,8 @@ The model is an mv2jax NNX model (timm weights: --pretrained from the Hub cache,
 eval transform is resolved from the model's pretrained_cfg plus the overrides exactly as timm's
 `resolve_data_config`; the grain eval loader visits every example exactly once (the last batch is padded and the
 padding masked out), and one jitted forward runs over a device mesh with the batch split on its `data` axis.
-Accuracy and loss are computed on the host from per-example outputs, so counts are exact integers.
+Loss and top-1 / top-5 counts are `mv2jax.metrics`' sums over each batch's real examples, as in train.py's eval,
+added up on the host; the per-example top-k classes and losses are kept beside them.
 """
 
 from __future__ import annotations
@@ -29,19 +30,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mv2jax.cli_parser import OneLineErrorParser
-from mv2jax.convert import hub_weights, read_checkpoint, timm_to_mv2jax
-from mv2jax.data import create_dataset, create_loader, create_transform, resolve_data_config, to_global_batch
+from mv2jax.cli import CliParser, add_conv_impl_arg, add_data_config_args, add_model_source_args, cli_main
+from mv2jax.data import create_dataset, create_eval_transform, create_loader, resolve_data_config, to_global_batch
 from mv2jax.data.datasets import DATASET_NAMES_HELP
-from mv2jax.models import MobileNetV2, create_model, fuse_for_inference
-from mv2jax.models.backends import CONV_IMPLS
-from mv2jax.train.losses import label_smoothing_cross_entropy
-from mv2jax.train.mesh import create_mesh, replicated
-from mv2jax.train.step import TOPK, top_k_classes, top_k_correct
+from mv2jax.mesh import batch_sharding, create_mesh, replicated
+from mv2jax.metrics import averages, example_metrics, masked_sums, top_k_correct
+from mv2jax.models import LoadedModel, MobileNetV2, fuse_for_inference
+from mv2jax.models import load_model as load_source
 
 _logger = logging.getLogger("validate")
 
-DEFAULT_MODEL = "mobilenetv2_100"
+PROG = "mv2jax.validate"
 AMP_DTYPES = {"float16": jnp.float16, "bfloat16": jnp.bfloat16}
 RESULTS_FORMATS = ("csv", "json")
 
@@ -49,174 +48,78 @@ RESULTS_FORMATS = ("csv", "json")
 # --- command line (timm's validate.py flag names and help text) ---------------------------------------------------
 
 
-def _add_data_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "data", nargs="?", metavar="DIR", const=None, help="path to dataset (*deprecated*, use --data-dir)"
-    )
-    parser.add_argument("--data-dir", metavar="DIR", help="path to dataset (root dir)")
-    parser.add_argument(
-        "--dataset",
-        metavar="NAME",
-        default="",
-        help=f"dataset type + name: {DATASET_NAMES_HELP} (default: ImageFolder if empty)",
-    )
-    parser.add_argument("--split", metavar="NAME", default="validation", help="dataset split (default: validation)")
-    parser.add_argument(
-        "-j", "--workers", default=4, type=int, metavar="N", help="number of data loading workers (default: 4)"
-    )
-    parser.add_argument("-b", "--batch-size", default=256, type=int, metavar="N", help="mini-batch size (default: 256)")
-    parser.add_argument(
-        "--img-size", default=None, type=int, metavar="N", help="Input image dimension, uses model default if empty"
-    )
-    parser.add_argument(
-        "--input-size",
-        default=None,
-        nargs=3,
-        type=int,
-        metavar="N",
-        help="Input all image dimensions (d h w, e.g. --input-size 3 224 224), uses model default if empty",
-    )
+def _add_dataset_args(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("data", nargs="?", metavar="DIR", help="path to dataset (*deprecated*, use --data-dir)")
+    add("--data-dir", metavar="DIR", help="path to dataset (root dir)")
+    add("--dataset", metavar="NAME", default="", help=f"dataset type + name: {DATASET_NAMES_HELP} (default: folder)")
+    add("--split", metavar="NAME", default="validation", help="dataset split (default: validation)")
+    add("-j", "--workers", default=4, type=int, metavar="N", help="number of data loading workers (default: 4)")
+    add("-b", "--batch-size", default=256, type=int, metavar="N", help="mini-batch size (default: 256)")
+
+
+def _add_preprocessing_args(parser: argparse.ArgumentParser) -> None:
+    add_data_config_args(parser)
     parser.add_argument(
         "--use-train-size",
         action="store_true",
-        default=False,
         help="force use of train input size, even when test size is specified in pretrained cfg",
     )
-    parser.add_argument("--crop-pct", default=None, type=float, metavar="N", help="Input image center crop pct")
-    parser.add_argument(
-        "--crop-mode",
-        default=None,
-        type=str,
-        metavar="N",
-        help="Input image crop mode (squash, border, center). Model default if None.",
-    )
-    parser.add_argument("--crop-border-pixels", type=int, default=None, help="Crop pixels from image border.")
-    parser.add_argument(
-        "--mean", type=float, nargs="+", default=None, metavar="MEAN", help="Override mean pixel value of dataset"
-    )
-    parser.add_argument(
-        "--std", type=float, nargs="+", default=None, metavar="STD", help="Override std deviation of of dataset"
-    )
-    parser.add_argument(
-        "--interpolation",
-        default="",
-        type=str,
-        metavar="NAME",
-        help="Image resize interpolation type (overrides model)",
-    )
+    parser.add_argument("--crop-border-pixels", type=int, help="Crop pixels from image border.")
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", "-m", metavar="NAME", default=DEFAULT_MODEL, help=f"model architecture (default: {DEFAULT_MODEL})"
-    )
-    parser.add_argument(
-        "--pretrained",
-        dest="pretrained",
-        action="store_true",
-        help="use pre-trained model (timm's Hub weights, through huggingface_hub's cache)",
-    )
-    parser.add_argument("--num-classes", type=int, default=None, help="Number classes in dataset")
-    parser.add_argument(
-        "--gp",
-        default=None,
-        type=str,
-        metavar="POOL",
-        help="Global pool type, one of (avg, max, avgmax, catavgmax). Model default if None.",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        default="",
-        type=str,
-        metavar="PATH",
-        help="path to latest checkpoint (.safetensors, .pth/.bin, or an mv2jax checkpoint directory) (default: none)",
-    )
-    parser.add_argument("--use-ema", dest="use_ema", action="store_true", help="use ema version of weights if present")
-    parser.add_argument(
-        "--amp",
-        action="store_true",
-        default=False,
-        help="use mixed precision inference (float32 weights, --amp-dtype compute)",
-    )
-    parser.add_argument(
+    add_model_source_args(parser)
+    add = parser.add_argument
+    add("--num-classes", type=int, help="Number classes in dataset")
+    add("--gp", metavar="POOL", help="Global pool type, one of (avg, max, avgmax, catavgmax). Model default if None.")
+    add("--amp", action="store_true", help="use mixed precision inference (float32 weights, --amp-dtype compute)")
+    add(
         "--amp-dtype",
         default="bfloat16",
-        type=str,
         choices=tuple(AMP_DTYPES),
         help="lower precision AMP dtype (default: bfloat16, the TPU/XLA-native type; timm's default is float16)",
     )
-    parser.add_argument(
-        "--conv-impl",
-        default="auto",
-        choices=CONV_IMPLS,
-        help="convolution implementation (default: auto, picked per backend)",
+    add_conv_impl_arg(parser)
+
+
+def _add_output_args(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--log-freq", default=10, type=int, metavar="N", help="batch logging frequency (default: 10)")
+    add("--results-file", default="", metavar="FILENAME", help="Output csv file for validation results (summary)")
+    add(
+        "--results-format",
+        choices=RESULTS_FORMATS,
+        help="Format for results file one of (csv, json) (default: json for a .json file, else csv)",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(prog="python -m mv2jax.validate", description="JAX ImageNet Validation")
-    _add_data_args(parser)
-    _add_model_args(parser)
-    parser.add_argument("--log-freq", default=10, type=int, metavar="N", help="batch logging frequency (default: 10)")
-    parser.add_argument(
-        "--results-file",
-        default="",
-        type=str,
-        metavar="FILENAME",
-        help="Output csv file for validation results (summary)",
-    )
-    parser.add_argument(
-        "--results-format",
-        default=None,
-        type=str,
-        choices=RESULTS_FORMATS,
-        help="Format for results file one of (csv, json) (default: json for a .json file, else csv)",
-    )
+    parser = CliParser(PROG, description="JAX ImageNet Validation")
+    for add_args in (_add_dataset_args, _add_preprocessing_args, _add_model_args, _add_output_args):
+        add_args(parser)
     return parser
 
 
 # --- model, data -----------------------------------------------------------------------------------------------
 
 
-def load_model(args: argparse.Namespace) -> MobileNetV2:
-    """The model in eval mode: --checkpoint loaded strictly (timm's `load_checkpoint`), else the Hub weights
-    (fetched before the model is built for them, so that offline it fails at once). With --checkpoint, the
-    Hub weights that timm would load first and then overwrite entirely are skipped."""
-    kwargs = dict(
+def load_model(args: argparse.Namespace) -> LoadedModel:
+    """The model (in eval mode) and its metadata: --checkpoint loaded strictly (timm's `load_checkpoint`; an mv2jax
+    checkpoint directory names its own model, --model overrides it), else --model's Hub weights (fetched before
+    the model is built, so that offline it fails at once)."""
+    loaded = load_source(
+        args.model,
+        pretrained=not args.checkpoint,  # timm: "might as well try to validate something"
+        checkpoint_path=args.checkpoint or None,
+        use_ema=args.use_ema,
         num_classes=args.num_classes,
-        global_pool=args.gp if args.gp is not None else "avg",
+        global_pool=args.gp,
         dtype=AMP_DTYPES[args.amp_dtype] if args.amp else None,
         conv_impl=args.conv_impl,
     )
-    model = create_model(args.model, **kwargs)
-    if args.checkpoint:
-        state_dict = read_checkpoint(args.checkpoint, use_ema=args.use_ema)
-        _check_num_classes(state_dict, model, args)
-        timm_to_mv2jax(state_dict, model, model_name=args.model)
-    else:
-        weights = _hub_weights(args.model, model.pretrained_cfg)
-        model = create_model(args.model, pretrained=True, checkpoint_path=weights, **kwargs)
-    return model.eval()
-
-
-def _hub_weights(name: str, pretrained_cfg: dict) -> str:
-    """Local path of the model's Hub weights (huggingface_hub's cache; downloaded if reachable)."""
-    if not pretrained_cfg.get("hf_hub_id"):
-        raise ValueError(f"{name} has no pretrained weights: pass --checkpoint PATH")
-    try:
-        return hub_weights(pretrained_cfg["hf_hub_id"])
-    except OSError as e:
-        raise OSError(f"{e} (for this command: --checkpoint FILE instead of --pretrained)") from e
-
-
-def _check_num_classes(state_dict: dict, model: MobileNetV2, args: argparse.Namespace) -> None:
-    """A checkpoint whose classifier has another class count: say which --num-classes fits."""
-    weight = state_dict.get("classifier.weight")
-    if args.num_classes is None and weight is not None and weight.shape[0] != model.num_classes:
-        raise ValueError(
-            f"{args.checkpoint} has a {weight.shape[0]}-class classifier, {args.model} has "
-            f"{model.num_classes}: pass --num-classes {weight.shape[0]}"
-        )
+    loaded.model.eval()
+    return loaded
 
 
 def param_count(model: nnx.Module) -> int:
@@ -244,16 +147,7 @@ def build_eval_loader(args: argparse.Namespace, config: dict[str, Any], num_devi
     if args.batch_size % num_devices:
         raise ValueError(f"--batch-size {args.batch_size} must be a multiple of the {num_devices} devices")
     dataset = create_dataset(args.dataset, root=args.data or args.data_dir, split=args.split)
-    transform = create_transform(
-        config["input_size"],
-        is_training=False,
-        interpolation=config["interpolation"],
-        mean=config["mean"],
-        std=config["std"],
-        crop_pct=config["crop_pct"],
-        crop_mode=config["crop_mode"],
-        crop_border_pixels=args.crop_border_pixels,
-    )
+    transform = create_eval_transform(config, crop_border_pixels=args.crop_border_pixels)
     batch_size = min(args.batch_size, -(-len(dataset) // num_devices) * num_devices)
     loader = create_loader(dataset, transform, batch_size=batch_size, is_training=False, num_workers=args.workers)
     return dataset, loader
@@ -265,11 +159,13 @@ def build_eval_loader(args: argparse.Namespace, config: dict[str, Any], num_devi
 @dataclasses.dataclass(frozen=True)
 class Predictions:
     """Per-example outputs in dataset order: `labels` int [N], `topk` int [N, k] (class ids, best first,
-    k = min(5, num_classes)), `loss` float32 [N] (cross entropy of the logits)."""
+    k = min(5, num_classes)), `loss` float32 [N] (cross entropy of the logits); and `totals`, every batch's
+    `mv2jax.metrics.masked_sums` added up (`loss_sum`, `top1`, `top5`, `count`: what the result reports)."""
 
     labels: np.ndarray
     topk: np.ndarray
     loss: np.ndarray
+    totals: dict[str, float]
 
     def correct(self, k: int) -> np.ndarray:
         """bool [N]: the label is among the top min(k, num_classes) predictions."""
@@ -277,32 +173,33 @@ class Predictions:
 
 
 def make_predict_fn(model: MobileNetV2, mesh: jax.sharding.Mesh, image_shape: Sequence[int]) -> Callable:
-    """Compile `batch -> {'topk': int32 [B, k], 'loss': f32 [B]}` for NHWC float32 images of `image_shape`
-    ([B, H, W, C], B split over the mesh's `data` axis); weights replicated and bound in.
+    """Compile `batch -> outputs` for NHWC float32 images of `image_shape` ([B, H, W, C], B split over the mesh's
+    `data` axis), int32 labels and a bool mask; weights replicated and bound in. The outputs are
+    `mv2jax.metrics.example_metrics` (`topk` int32 [B, k], `loss` f32 [B]) and its `masked_sums` over the batch.
 
-    Runs the BatchNorm-folded network (`fuse_for_inference`: the same logits to float32 rounding, ~2x faster on
+    Runs the BatchNorm-folded network (`fuse_for_inference`: the same logits to float32 rounding, faster on
     CPU), looping over small groups of images only on one device (a loop would cut across a sharded batch)."""
-    net = fuse_for_inference(model, batch_chunk=None if mesh.devices.size == 1 else 0)
+    net = fuse_for_inference(model, devices=mesh.devices.size)
     params = jax.device_put(net.params, replicated(mesh))
 
-    def predict(params, images, labels):
-        logits = net.apply(params, images).astype(jnp.float32)
-        loss = label_smoothing_cross_entropy(logits, labels, 0.0, reduction="none")
-        return {"topk": top_k_classes(logits), "loss": loss}
+    def predict(params, images, labels, mask):
+        example = example_metrics(net.apply(params, images), labels)
+        return {**example, **masked_sums(example, labels, mask)}
 
-    batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    batch = batch_sharding(mesh)
     images = jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32, sharding=batch)
     labels = jax.ShapeDtypeStruct(tuple(image_shape[:1]), jnp.int32, sharding=batch)
+    mask = jax.ShapeDtypeStruct(tuple(image_shape[:1]), jnp.bool_, sharding=batch)
     start = time.time()
     jitted = jax.jit(predict, out_shardings=replicated(mesh), compiler_options=net.compiler_options)
-    compiled = jitted.lower(params, images, labels).compile()
+    compiled = jitted.lower(params, images, labels, mask).compile()
     _logger.info(
         "Compiled the eval forward for %s on %d device(s) in %.1fs",
         tuple(image_shape),
         mesh.devices.size,
         time.time() - start,
     )
-    return lambda b: compiled(params, b["image"], b["label"])
+    return lambda b: compiled(params, b["image"], b["label"], b["mask"])
 
 
 class _Meters:
@@ -310,30 +207,24 @@ class _Meters:
 
     def __init__(self, num_batches: int, log_freq: int):
         self.num_batches, self.log_freq = num_batches, max(1, log_freq)
-        self.sums = {"loss": 0.0, "top1": 0, "top5": 0, "count": 0, "time": 0.0}
-        self.end = time.time()
+        self.totals: dict[str, float] = {"loss_sum": 0.0, "top1": 0, "top5": 0, "count": 0}
+        self.time, self.end = 0.0, time.time()
 
-    def update(self, index: int, loss: np.ndarray, top1: np.ndarray, top5: np.ndarray, batch_size: int) -> None:
-        now, n = time.time(), len(loss)
-        val = {
-            "time": now - self.end,
-            "loss": float(np.sum(loss, dtype=np.float64)),
-            "top1": int(top1.sum()),
-            "top5": int(top5.sum()),
-            "count": n,
-        }
-        self.end = now
-        for key in self.sums:
-            self.sums[key] += val[key]
+    def update(self, index: int, sums: dict[str, Any], batch_size: int) -> None:
+        """Add one batch's `mv2jax.metrics.masked_sums` (the loss in float64, counts as integers)."""
+        now = time.time()
+        seconds, self.end = now - self.end, now
+        self.time += seconds
+        val = {"loss_sum": float(sums["loss_sum"]), **{k: int(sums[k]) for k in ("top1", "top5", "count")}}
+        for key in self.totals:
+            self.totals[key] += val[key]
         if index % self.log_freq == 0 or index == self.num_batches - 1:
-            s, pct = self.sums, lambda c, d: 100.0 * c / max(d, 1)
-            avg_time = s["time"] / (index + 1)
+            now_avg, run_avg, avg_time = averages(val), averages(self.totals), self.time / (index + 1)
             _logger.info(
-                f"Test: [{index:>4d}/{self.num_batches}]  Time: {val['time']:.3f}s ({avg_time:.3f}s, "
-                f"{batch_size / max(avg_time, 1e-9):>7.2f}/s)  Loss: {val['loss'] / max(n, 1):>7.4f} "
-                f"({s['loss'] / max(s['count'], 1):>6.4f})  Acc@1: {pct(val['top1'], n):>7.3f} "
-                f"({pct(s['top1'], s['count']):>7.3f})  Acc@5: {pct(val['top5'], n):>7.3f} "
-                f"({pct(s['top5'], s['count']):>7.3f})"
+                f"Test: [{index:>4d}/{self.num_batches}]  Time: {seconds:.3f}s ({avg_time:.3f}s, "
+                f"{batch_size / max(avg_time, 1e-9):>7.2f}/s)  Loss: {now_avg['loss']:>7.4f} "
+                f"({run_avg['loss']:>6.4f})  Acc@1: {now_avg['top1']:>7.3f} ({run_avg['top1']:>7.3f})  "
+                f"Acc@5: {now_avg['top5']:>7.3f} ({run_avg['top5']:>7.3f})"
             )
 
 
@@ -341,21 +232,17 @@ def evaluate(
     predict: Callable, batches: Iterable[dict], mesh: jax.sharding.Mesh, num_batches: int, log_freq: int = 10
 ) -> Predictions:
     """Run `predict` over every batch (one batch in flight while the previous one's outputs are read) and
-    gather the real examples' outputs in order. A corrupt image raises `UnreadableImageError` naming it."""
+    gather the real examples' outputs in order, with the batches' sums added up. A corrupt image raises
+    `UnreadableImageError` naming it."""
     meters = _Meters(num_batches, log_freq)
     labels, topk, losses = [], [], []
 
     def consume(index: int, batch: dict, out: dict) -> None:
         mask = np.asarray(batch["mask"])  # the global batch's mask: global outputs below are in the same order
-        label, top, loss = (
-            np.asarray(batch["label"])[mask],
-            np.asarray(out["topk"])[mask],
-            np.asarray(out["loss"])[mask],
-        )
-        labels.append(label)
-        topk.append(top)
-        losses.append(loss)
-        meters.update(index, loss, top_k_correct(top, label, 1), top_k_correct(top, label, TOPK), len(mask))
+        labels.append(np.asarray(batch["label"])[mask])
+        topk.append(np.asarray(out["topk"])[mask])
+        losses.append(np.asarray(out["loss"])[mask])
+        meters.update(index, out, len(mask))
 
     pending = None
     for index, local in enumerate(batches):
@@ -366,7 +253,7 @@ def evaluate(
         pending = (index, _host_batch(batch, local), out)
     if pending is not None:
         consume(*pending)
-    return Predictions(np.concatenate(labels), np.concatenate(topk), np.concatenate(losses))
+    return Predictions(np.concatenate(labels), np.concatenate(topk), np.concatenate(losses), dict(meters.totals))
 
 
 def _host_batch(batch: dict[str, jax.Array], local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -385,9 +272,8 @@ def summarise(args: argparse.Namespace, preds: Predictions, num_params: int, con
     """timm's result dict (model, top1, top1_err, top5, top5_err, param_count, img_size, crop_pct,
     interpolation; percentages rounded to 4 places, params in millions), then `loss` (mean cross entropy)
     and `count` (examples evaluated)."""
-    count = len(preds.labels)
-    top1 = 100.0 * int(preds.correct(1).sum()) / max(count, 1)
-    top5 = 100.0 * int(preds.correct(TOPK).sum()) / max(count, 1)
+    means = averages(preds.totals)
+    top1, top5 = means["top1"], means["top5"]
     return OrderedDict(
         model=args.model,
         top1=round(top1, 4),
@@ -398,16 +284,15 @@ def summarise(args: argparse.Namespace, preds: Predictions, num_params: int, con
         img_size=config["input_size"][-1],
         crop_pct=config["crop_pct"],
         interpolation=config["interpolation"],
-        loss=float(np.mean(preds.loss, dtype=np.float64)) if count else float("nan"),
-        count=count,
+        loss=means["loss"],
+        count=int(preds.totals["count"]),
     )
 
 
 def validate_with_predictions(args: argparse.Namespace) -> tuple[OrderedDict, Predictions]:
     """`validate`, also returning the per-example predictions."""
-    # timm: "might as well try to validate something": no checkpoint means the pretrained weights
-    args.pretrained = args.pretrained or not args.checkpoint
-    model = load_model(args)
+    loaded = load_model(args)
+    model, args.model = loaded.model, loaded.meta.name  # a checkpoint directory names its own model
     num_params = param_count(model)
     _logger.info("Model %s created, param count: %d", args.model, num_params)
     config = resolve_eval_config(args, model)
@@ -463,20 +348,15 @@ class _StderrHandler(logging.Handler):
         print(self.format(record), file=sys.stderr)
 
 
+@cli_main(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: progress on stderr, `--result` + JSON on stdout (as timm); user errors as one line, exit 2."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if not any(isinstance(h, _StderrHandler) for h in _logger.handlers):
         _logger.addHandler(_StderrHandler())
         _logger.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)
         _logger.propagate = False  # jax/absl may have configured the root logger: print each line once
-    try:
-        results = validate(args)
-    except (OSError, ValueError) as e:  # unreadable image, missing files, unknown model, bad checkpoint, offline Hub
-        message = " ".join(str(e).split())
-        print(f"{parser.prog}: error: {message}", file=sys.stderr)
-        return 2
+    results = validate(args)
     if jax.process_index() == 0:
         if args.results_file:
             write_results(args.results_file, results, args.results_format)

@@ -47,7 +47,7 @@ TIMM_RESULT_KEYS = [
     "crop_pct",
     "interpolation",
 ]
-PROG = "python -m mv2jax.validate"
+PROG = "mv2jax.validate"  # the name in its error lines
 # Weight seeds per class count, chosen so that no image has a near-tie among its top logits (asserted below).
 SEEDS = {3: 3, 10: 11}
 
@@ -311,8 +311,9 @@ def test_unknown_model_missing_dir_wrong_head_and_missing_checkpoint_are_one_lin
     missing = tmp_path / "no_such_dir"
     code, line = _run_main(capsys, "--model", MODEL, *ckpt, "--num-classes", 3, "--data-dir", missing)
     assert code == 2 and line.startswith(f"{PROG}: error: dataset folder not found: '{missing}'")
-    code, line = _run_main(capsys, "--model", MODEL, *ckpt, "--data-dir", tmp_path)
-    assert code == 2 and line.endswith("has a 3-class classifier, mobilenetv2_035 has 1000: pass --num-classes 3")
+    code, line = _run_main(capsys, "--model", MODEL, *ckpt, "--num-classes", 5, "--data-dir", tmp_path)
+    assert code == 2 and line.startswith(f"{PROG}: error: checkpoint does not fit mobilenetv2_035: ")
+    assert "classifier.weight (3, 1280) vs model (5, 1280)" in line
     code, line = _run_main(capsys, "--model", MODEL, *ckpt, "--num-classes", 3, "--dataset", "digits")
     assert code == 2 and line.endswith(
         "the dataset has 10 classes, mobilenetv2_035 has 3 outputs: pass "
@@ -322,6 +323,17 @@ def test_unknown_model_missing_dir_wrong_head_and_missing_checkpoint_are_one_lin
         capsys, "--model", MODEL, "--checkpoint", tmp_path / "nope.safetensors", "--data-dir", tmp_path
     )
     assert code == 2 and line.startswith(f"{PROG}: error: checkpoint {tmp_path / 'nope.safetensors'} does not exist")
+
+
+def test_an_mv2jax_checkpoint_directory_names_its_model_and_class_count(checkpoint, tmp_path, capsys):
+    from mv2jax.convert.from_timm import import_from_timm
+
+    _, directory = import_from_timm(MODEL, tmp_path / "converted", checkpoint=checkpoint["path"])
+    code, line = _run_main(capsys, "--checkpoint", directory, "--dataset", "digits")  # no --model, no --num-classes
+    assert code == 2 and line.endswith(
+        "the dataset has 10 classes, mobilenetv2_035 has 3 outputs: pass "
+        "--num-classes (and weights) that cover its labels"
+    )
 
 
 def test_pretrained_without_hub_access_fails_fast_with_a_clear_message(tmp_path, monkeypatch, capsys):

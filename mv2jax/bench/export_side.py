@@ -36,12 +36,11 @@ def _timm_model(cfg: BenchConfig):
 
 
 def _export_mv2jax(tmodel, cfg: BenchConfig, path: Path, fmt: str = "onnx", batch: int | None = None) -> None:
-    from mv2jax.convert import timm_to_mv2jax
     from mv2jax.export import data_config, export
-    from mv2jax.models import create_model
+    from mv2jax.models import load_model
 
     state = {k: v.detach().numpy() for k, v in tmodel.state_dict().items()}
-    model = timm_to_mv2jax(state, create_model(cfg.model, num_classes=cfg.num_classes)).eval()
+    model = load_model(cfg.model, state_dict=state, num_classes=cfg.num_classes).model.eval()
     export(model, path, fmt, data_config(model, cfg.img_size), name=cfg.model, batch_size=batch)
 
 

@@ -107,8 +107,8 @@ def _record(mode: str, conv_impl: str, batch: int, call: Callable[[], Any], cfg:
     }
 
 
-def _inference_fn(cfg: BenchConfig, variant: str) -> tuple[Callable, Any, str, int]:
-    """(jitted pure function of (weights, images), weights, conv_impl, images per loop iteration (0: no loop))
+def _inference_fn(cfg: BenchConfig, variant: str) -> tuple[Callable, Any, str, Callable[[int], bool]]:
+    """(jitted pure function of (weights, images), weights, conv_impl, whether a batch of a size runs in a loop)
     for a conv_impl or the fused network."""
     fused = variant == "fused"
     model = mv2jax.create_model(cfg.model, conv_impl="auto" if fused else variant, num_classes=cfg.num_classes)
@@ -119,16 +119,16 @@ def _inference_fn(cfg: BenchConfig, variant: str) -> tuple[Callable, Any, str, i
             jax.jit(net.apply, compiler_options=net.compiler_options),
             net.params,
             net.spec.conv_impl,
-            net.batch_chunk,
+            net.loops_over_batch,
         )
     graphdef, state = nnx.split(model)
-    return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)), state, variant, 0
+    return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)), state, variant, lambda batch: False
 
 
 def inference_phase(cfg: BenchConfig, variant: str) -> list[dict[str, Any]]:
     """Eval-mode logits of `cfg.model` for each batch size, as one jitted pure function of (weights, images):
     the NNX module with conv_impl `variant`, or (`variant='fused'`) the BatchNorm-folded network."""
-    forward, state, conv_impl, chunk_loop = _inference_fn(cfg, variant)
+    forward, state, conv_impl, loops_over_batch = _inference_fn(cfg, variant)
     results = []
     for batch in sorted(cfg.batch_sizes):
         x = _images(cfg, batch)
@@ -136,7 +136,7 @@ def inference_phase(cfg: BenchConfig, variant: str) -> list[dict[str, Any]]:
         if variant == "fused":
             result["variant"] = f"fused conv_impl={conv_impl}"
         result["compile"].update(xla_analysis(forward, state, x, batch=batch))
-        if variant == "fused" and chunk_loop and batch > chunk_loop:
+        if loops_over_batch(batch):
             # XLA's cost analysis counts a loop body once, not per iteration: per-image figures would be wrong
             result["compile"].pop("cost_per_image", None)
         result["compile"]["cached_s"] = cached_compile_s(forward, state, x)

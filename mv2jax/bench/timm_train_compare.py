@@ -29,7 +29,6 @@ Flags that cannot be matched exactly (the rest are passed with mv2jax's values):
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import re
@@ -40,6 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mv2jax.cli import CliParser, cli_main
 from mv2jax.train.config import QUICK_RUN, _as_flags
 
 REPO = Path(__file__).resolve().parents[2]
@@ -212,8 +212,9 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+@cli_main("mv2jax.bench.timm_train_compare")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CliParser("mv2jax.bench.timm_train_compare", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="work directory (data, runs, logs)")
     parser.add_argument(
         "--timm-train-py",

@@ -10,22 +10,18 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import mv2jax
-from mv2jax.cli_parser import OneLineErrorParser
-from mv2jax.convert.files import read_safetensors
+from mv2jax.cli import CliParser, add_model_source_args, cli_main
 from mv2jax.convert.from_timm import import_from_timm
 from mv2jax.convert.to_timm import export_to_timm, load_mv2jax
 from mv2jax.convert.verify import photo_path, verify
+from mv2jax.weights import read_safetensors
 
 PROG = "convert_weights.py"
-EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-# Caused by what the user passed (names, files, the Hub): reported in one line. Anything else is a bug and keeps
-# its traceback. CheckpointMismatchError is a ValueError, FileNotFoundError and the Hub's errors are OSErrors.
-USER_ERRORS = (ValueError, OSError, ImportError)
+EXIT_OK, EXIT_VERIFY_FAILED = 0, 1
 EXAMPLES = """examples:
   python convert_weights.py --model mobilenetv2_100.ra_in1k --output ckpt/mobilenetv2_100
   python convert_weights.py --model mobilenetv2_100 --checkpoint model.safetensors --output ckpt/m --verify
@@ -34,8 +30,8 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(
-        prog=f"python {PROG}",
+    parser = CliParser(
+        PROG,
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Convert timm MobileNetV2 weights to an mv2jax (orbax) checkpoint, or back with --to-timm.",
@@ -46,17 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="export an mv2jax checkpoint (--input) to a timm safetensors file plus config.json "
         "(default: import timm weights into an mv2jax checkpoint)",
     )
-    parser.add_argument(
-        "--model",
-        "-m",
-        metavar="NAME",
-        help="model name as in timm (mobilenetv2_100.ra_in1k, hf-hub:timm/...); required to import; "
+    add_model_source_args(
+        parser,
+        model_help="model name as in timm (mobilenetv2_100.ra_in1k, hf-hub:timm/...); required to import; "
         "with --to-timm it defaults to the model_name in the checkpoint's meta",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        metavar="FILE",
-        help="timm weights to import (.safetensors, or .pth/.bin/.pt with torch); default: the "
+        pretrained=False,  # importing without --checkpoint takes the Hub weights
+        checkpoint_help="timm weights to import (.safetensors, or .pth/.bin/.pt with torch); default: the "
         "tag's Hub weights through huggingface_hub's cache",
     )
     parser.add_argument(
@@ -71,13 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="import: the mv2jax checkpoint directory to create; --to-timm: the .safetensors file "
         "(name it model.safetensors to make its directory a loadable Hub-style repo)",
-    )
-    parser.add_argument(
-        "--use-ema",
-        "--ema",
-        dest="ema",
-        action="store_true",
-        help="take the EMA weights of a training checkpoint (timm's state_dict_ema, mv2jax's ema)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (still atomically)")
     parser.add_argument(
@@ -95,38 +79,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 verification failed, 2 bad input)."""
     args = build_parser().parse_args(argv)
     _quiet_orbax_restore()
-    try:
-        _check_args(args)
-        image = photo_path(args.image) if args.verify else None
-        if args.to_timm:
-            model, output = export_to_timm(
-                args.input, args.output, name=args.model, use_ema=args.ema, overwrite=args.overwrite
-            )
-        else:
-            source_state_dict, output = import_from_timm(
-                args.model,
-                args.output,
-                checkpoint=args.checkpoint,
-                use_ema=args.ema,
-                overwrite=args.overwrite,
-                converted_by=f"mv2jax {mv2jax.__version__} {PROG}",
-            )
-        print(f"wrote {output}")
-        if not args.verify:
-            return EXIT_OK
-        # check what was written, read back as its users will read it
-        if args.to_timm:
-            ok = verify(model, read_safetensors(output), image)
-        else:
-            ok = verify(load_mv2jax(output)[0], source_state_dict, image)
-        return EXIT_OK if ok else EXIT_VERIFY_FAILED
-    except USER_ERRORS as e:
-        print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    _check_args(args)
+    image = photo_path(args.image) if args.verify else None
+    if args.to_timm:
+        model, output = export_to_timm(
+            args.input, args.output, name=args.model, use_ema=args.use_ema, overwrite=args.overwrite
+        )
+    else:
+        source_state_dict, output = import_from_timm(
+            args.model,
+            args.output,
+            checkpoint=args.checkpoint,
+            use_ema=args.use_ema,
+            overwrite=args.overwrite,
+            converted_by=f"mv2jax {mv2jax.__version__} {PROG}",
+        )
+    print(f"wrote {output}")
+    if not args.verify:
+        return EXIT_OK
+    # check what was written, read back as its users will read it
+    if args.to_timm:
+        ok = verify(model, read_safetensors(output), image)
+    else:
+        ok = verify(load_mv2jax(output)[0], source_state_dict, image)
+    return EXIT_OK if ok else EXIT_VERIFY_FAILED
 
 
 def _check_args(args: argparse.Namespace) -> None:

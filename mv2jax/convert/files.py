@@ -1,5 +1,5 @@
-"""Files the weight converter reads and writes: safetensors in and out and checksums, every output written atomically
-(`mv2jax.io`)."""
+"""Files the weight converter writes: safetensors out and checksums, every output written atomically (`mv2jax.io`).
+Reading is `mv2jax.weights`' job."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import numpy as np
 from mv2jax.io import replace, sibling, write_atomic
 
 __all__ = [
-    "read_safetensors",
     "refuse_existing",
     "replace",
     "sha256_file",
@@ -34,17 +33,6 @@ def write_safetensors(path: Path, state_dict: Mapping[str, np.ndarray]) -> None:
 
     data = save({k: np.asarray(v, order="C") for k, v in state_dict.items()}, metadata={"format": "pt"})
     write_atomic(path, data)
-
-
-def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """A safetensors file -> {name: numpy array} (numpy only); one clear error for a damaged file."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    try:
-        return dict(load_file(str(path)))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable safetensors file ({e}); re-download or re-export it") from e
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

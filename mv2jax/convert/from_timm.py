@@ -12,13 +12,11 @@ import numpy as np
 from flax import nnx
 
 import mv2jax
-from mv2jax.convert.checkpoint import hub_weights, read_checkpoint
 from mv2jax.convert.files import refuse_existing, replace, sha256_file, sibling
-from mv2jax.convert.orbax_io import write_orbax_state
-from mv2jax.convert.state_dict import timm_to_mv2jax
-from mv2jax.models import MobileNetV2, create_model
+from mv2jax.models import MobileNetV2, load_model
 from mv2jax.models.factory import HF_HUB_PREFIX
 from mv2jax.models.registry import pretrained_cfg_for, split_model_name
+from mv2jax.weights import hub_weights, read_checkpoint, write_orbax_state
 
 
 def import_from_timm(
@@ -76,14 +74,7 @@ def hub_repo(name: str) -> str:
 def build_model(name: str, state_dict: Mapping[str, np.ndarray], global_pool: str = "avg") -> MobileNetV2:
     """The mv2jax model `name`, with the class count and input channels the weights have, loaded strictly
     (CheckpointMismatchError for weights of another variant); in eval mode."""
-    classifier, stem = state_dict.get("classifier.weight"), state_dict.get("conv_stem.weight")
-    model = create_model(
-        name,
-        num_classes=classifier.shape[0] if classifier is not None else 0,
-        in_chans=stem.shape[1] if stem is not None and stem.ndim == 4 else 3,
-        global_pool=global_pool,
-    )
-    return timm_to_mv2jax(state_dict, model, model_name=name).eval()
+    return load_model(name, state_dict=state_dict, global_pool=global_pool).model.eval()
 
 
 def write_checkpoint(path: Path, model: MobileNetV2, meta: dict, overwrite: bool = False) -> None:

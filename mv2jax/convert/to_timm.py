@@ -8,13 +8,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from mv2jax.convert.checkpoint import read_checkpoint
 from mv2jax.convert.files import refuse_existing, write_atomic, write_safetensors
-from mv2jax.convert.from_timm import build_model
-from mv2jax.convert.orbax_io import flatten_tree, read_orbax
-from mv2jax.convert.state_dict import mv2jax_to_timm, to_timm_layout
 from mv2jax.data import DEFAULT_CROP_MODE, DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from mv2jax.models import MobileNetV2
+from mv2jax.models import MobileNetV2, load_model
+from mv2jax.weights import mv2jax_to_timm
 
 HF_CONFIG_NAME = "config.json"
 # Keys timm's `save_config_for_hf` drops from a pretrained_cfg (`filter_pretrained_cfg(remove_source=True)`).
@@ -45,28 +42,11 @@ def export_to_timm(
 
 
 def load_mv2jax(path: Path, name: str | None = None, use_ema: bool = False) -> tuple[MobileNetV2, dict]:
-    """An mv2jax checkpoint directory (or a timm file, with `name`) -> (model in eval mode, meta).
+    """An mv2jax checkpoint directory (or a timm file, with `name`) -> (model in eval mode, the directory's meta).
 
     `name` overrides the checkpoint's meta `model_name`; `use_ema` takes the `ema` weights."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if not path.is_dir():
-        if not name:
-            raise ValueError(f"{path} is a file, which does not name its model: pass --model")
-        return build_model(name, read_checkpoint(path, use_ema=use_ema)), {}
-    try:
-        state, meta = read_orbax(path)
-    except KeyError as e:  # read_orbax lets orbax's KeyError through for a directory without a `state` item
-        raise ValueError(f"{path} is not an mv2jax (orbax) checkpoint directory (it has no 'state' item)") from e
-    name = name or meta.get("model_name")
-    if not name:
-        raise ValueError(f"{path} has no model_name in its meta: pass --model")
-    key = "ema" if use_ema else "model"
-    if key not in state:
-        raise ValueError(f"{path} has no {key!r} weights (it has {', '.join(state)})")
-    state_dict = {k: to_timm_layout(k, v) for k, v in flatten_tree(state[key]).items()}
-    return build_model(name, state_dict, meta.get("global_pool", "avg")), meta
+    loaded = load_model(name, checkpoint_path=path, use_ema=use_ema)
+    return loaded.model.eval(), dict(loaded.meta.recorded)
 
 
 def timm_hf_config(model: MobileNetV2) -> dict:

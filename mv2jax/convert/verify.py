@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from mv2jax.convert.state_dict import mv2jax_to_timm
-from mv2jax.data import create_transform, resolve_data_config
+from mv2jax.data import create_eval_transform, resolve_data_config
 from mv2jax.models import MobileNetV2
+from mv2jax.weights import mv2jax_to_timm
 
 # mv2jax float32 may be this many times as far from timm float64 as timm float32 is: a reordered sum is as good as
 # timm's own, and a wrong tensor moves the logits by orders of magnitude more.
@@ -158,7 +158,7 @@ def photo_inputs(model: MobileNetV2, image: Path) -> np.ndarray:
     """The photograph through the model's timm-identical eval transform, as an NHWC batch of one."""
     from PIL import Image
 
-    transform = create_transform(**resolve_data_config(model))
+    transform = create_eval_transform(resolve_data_config(model))
     with Image.open(image) as img:
         return transform(img.convert("RGB"))[None]
 

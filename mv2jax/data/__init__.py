@@ -27,4 +27,5 @@ from mv2jax.data.randaugment import rand_augment_transform as rand_augment_trans
 from mv2jax.data.random_erasing import RandomErasing as RandomErasing
 from mv2jax.data.transforms import EvalTransform as EvalTransform
 from mv2jax.data.transforms import TrainTransform as TrainTransform
+from mv2jax.data.transforms import create_eval_transform as create_eval_transform
 from mv2jax.data.transforms import create_transform as create_transform

@@ -2,7 +2,8 @@
 
 Mirrors `timm.data.resolve_data_config`: explicit overrides win over the pretrained config, which wins over the
 defaults below. The result is a plain dict with `input_size` (C, H, W), `interpolation`, `mean`, `std` (per
-channel, for inputs scaled to [0, 1]), `crop_pct` and `crop_mode`; it can be splatted into `create_transform`.
+channel, for inputs scaled to [0, 1]), `crop_pct` and `crop_mode`; `create_eval_transform` builds the eval
+transform from it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from mv2jax.constants import DEFAULT_CROP_MODE, DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")  # what resolving returns
 
 
 def resolve_data_config(

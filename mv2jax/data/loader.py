@@ -36,6 +36,7 @@ from grain.multiprocessing import SharedMemoryArray
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mv2jax.data.datasets import ImageSource, decode_image
+from mv2jax.mesh import DATA_AXIS
 
 logger = logging.getLogger(__name__)
 
@@ -366,6 +367,6 @@ def to_global_batch(
     `sharding` defaults to the batch axis split over the mesh's `data` axis (all axes if it has none).
     """
     if sharding is None:
-        axes = ("data",) if "data" in mesh.axis_names else tuple(mesh.axis_names)
+        axes = (DATA_AXIS,) if DATA_AXIS in mesh.axis_names else tuple(mesh.axis_names)
         sharding = NamedSharding(mesh, PartitionSpec(axes))
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}

@@ -11,14 +11,15 @@ normalised (or uint8 when `normalize=False`). Sizes are (height, width). Trainin
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from mv2jax.data.color import ColorJitter, to_grayscale_rgb
-from mv2jax.data.config import DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from mv2jax.data.config import DATA_CONFIG_KEYS, DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from mv2jax.data.geometry import (
     Size,
     as_size,
@@ -46,7 +47,7 @@ def to_uint8_array(img: Image.Image) -> np.ndarray:
 
 def normalize(arr: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """uint8 HWC -> float32 HWC, ((x / 255) - mean) / std, in float32 like torchvision ToTensor + Normalize."""
-    x = arr.astype(np.float32)  # in place from here: the same float32 operations without temporaries (~2.5x faster)
+    x = arr.astype(np.float32)  # in place from here: the same float32 operations without full-size temporaries
     x /= np.float32(255)
     x -= np.asarray(mean, dtype=np.float32)
     x /= np.asarray(std, dtype=np.float32)
@@ -230,6 +231,16 @@ def create_transform(
         normalize=normalize,
         random_erasing=erasing,
     )
+
+
+def create_eval_transform(data_config: Mapping[str, Any], **overrides: Any) -> EvalTransform:
+    """The eval transform of a data config: the one every evaluation, export and check preprocesses with.
+
+    `data_config` holds at least `resolve_data_config`'s keys (input_size, interpolation, mean, std, crop_pct,
+    crop_mode; other keys, e.g. an export sidecar's, are ignored); `overrides` are further `create_transform`
+    arguments (`crop_border_pixels`, `normalize`) or replace a config value."""
+    kwargs = {**{key: data_config[key] for key in DATA_CONFIG_KEYS}, **overrides}
+    return create_transform(is_training=False, **kwargs)
 
 
 def _rand_augment(

@@ -10,42 +10,29 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
+from mv2jax.cli import CliParser, add_model_source_args, cli_main
 from mv2jax.convert.verify import photo_path
 from mv2jax.export.artifact import FORMATS, export, get_format
 from mv2jax.export.source import data_config, load_model, model_name
 
 PROG = "mv2jax.export"
-EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-USER_ERRORS = (ValueError, OSError, ImportError)  # caused by what the user passed; anything else is a bug
+EXIT_OK, EXIT_VERIFY_FAILED = 0, 1
 EXAMPLES = """examples:
   python -m mv2jax.export --model mobilenetv2_100.ra_in1k --pretrained --format onnx --output m.onnx --verify
   python -m mv2jax.export --checkpoint output/train/RUN/checkpoints/1000 --use-ema --format stablehlo --output m.shlo
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, as for every other bad input
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog=f"python -m {PROG}",
+    p = CliParser(
+        PROG,
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Export a MobileNetV2 to ONNX or StableHLO (BatchNorm folded) or LiteRT (.tflite), with a JSON "
         "sidecar FILE.json holding its preprocessing (input size, layout, mean/std, crop_pct, interpolation, "
         "class count).",
     )
-    p.add_argument("--model", "-m", metavar="NAME", help="timm model name; required with --pretrained or a file")
-    p.add_argument("--pretrained", action="store_true", help="timm's Hub weights for --model")
-    p.add_argument(
-        "--checkpoint",
-        metavar="PATH",
-        help="a timm checkpoint file (.safetensors, .pth) or an mv2jax checkpoint directory (a train.py step)",
-    )
-    p.add_argument("--use-ema", "--ema", dest="use_ema", action="store_true", help="the checkpoint's EMA weights")
+    add_model_source_args(p)
     p.add_argument("--format", required=True, metavar="FORMAT", help=f"one of {', '.join(FORMATS)}")
     p.add_argument("--output", "-o", required=True, metavar="FILE", help="the artifact to write (plus FILE.json)")
     p.add_argument("--img-size", type=int, metavar="N", help="input height and width (default: the model's)")
@@ -67,37 +54,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli_main(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 verification failed, 2 bad input)."""
     args = build_parser().parse_args(argv)
-    try:
-        get_format(args.format)  # before the (possibly slow) model load
-        if args.verify and not all(importlib.util.find_spec(m) for m in ("timm", "torch")):
-            raise ImportError("--verify needs timm and torch: pip install 'mv2jax[test]' (or export without --verify)")
-        image = photo_path(args.image) if args.verify else None
-        model = load_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, use_ema=args.use_ema)
-        cfg = data_config(model, args.img_size)
-        export(
-            model,
-            args.output,
-            args.format,
-            cfg,
-            name=model_name(model),
-            batch_size=args.batch_size,
-            layout=args.layout,
-            overwrite=args.overwrite,
-        )
-        print(f"wrote {args.output} and {args.output}.json")
-        if not args.verify:
-            return EXIT_OK
-        from pathlib import Path
+    get_format(args.format)  # before the (possibly slow) model load
+    if args.verify and not all(importlib.util.find_spec(m) for m in ("timm", "torch")):
+        raise ImportError("--verify needs timm and torch: pip install 'mv2jax[test]' (or export without --verify)")
+    image = photo_path(args.image) if args.verify else None
+    model = load_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, use_ema=args.use_ema)
+    cfg = data_config(model, args.img_size)
+    export(
+        model,
+        args.output,
+        args.format,
+        cfg,
+        name=model_name(model),
+        batch_size=args.batch_size,
+        layout=args.layout,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {args.output} and {args.output}.json")
+    if not args.verify:
+        return EXIT_OK
+    from pathlib import Path
 
-        from mv2jax.export.verify import verify_artifact
+    from mv2jax.export.verify import verify_artifact
 
-        return EXIT_OK if verify_artifact(model, Path(args.output), image) else EXIT_VERIFY_FAILED
-    except USER_ERRORS as e:
-        print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    return EXIT_OK if verify_artifact(model, Path(args.output), image) else EXIT_VERIFY_FAILED
 
 
 if __name__ == "__main__":

@@ -160,16 +160,13 @@ def _require(package: str, what: str, install: str) -> None:
         raise ImportError(f"{what} needs {package}: {install}")
 
 
-PREPROCESS_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-
-
 def load_images(paths: list[Path], config: dict[str, Any]) -> np.ndarray:
     """Image files through timm's eval transform for `config` (a sidecar or a resolved data config): NHWC float32."""
     from PIL import Image
 
-    from mv2jax.data import create_transform
+    from mv2jax.data import create_eval_transform
 
-    transform = create_transform(**{k: config[k] for k in PREPROCESS_KEYS})
+    transform = create_eval_transform(config)
     batch = []
     for path in paths:
         with Image.open(path) as img:

@@ -1,7 +1,7 @@
 """ONNX: the BN-folded network written as an NCHW graph with the `onnx` package, straight from the folded spec and
 parameters: Conv (with `group` = channels for depthwise layers) + Clip(0, 6) for ReLU6 per layer, Add for
-residuals, timm's global pooling (GlobalAveragePool, GlobalMaxPool, their mean for 'avgmax', their Concat for
-'catavgmax'), Flatten, Gemm. The weights are the folded float32 arrays (HWIO -> OIHW), so the graph
+residuals, timm's global pooling (`mv2jax.models.pooling`'s table built from GlobalAveragePool, GlobalMaxPool,
+Add, Mul and Concat), Flatten, Gemm. The weights are the folded float32 arrays (HWIO -> OIHW), so the graph
 is exact and has no per-layer transposes.
 
 Input `input`: float32 `[batch, 3, H, W]` (NCHW, normalised as the sidecar says), `batch` symbolic unless a batch
@@ -12,16 +12,19 @@ NCHW. Output `logits`: `[batch, num_classes]`; without a classifier the pooled f
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from mv2jax.models import FusedMobileNetV2, MobileNetV2, fuse_for_inference
+from mv2jax.models.pooling import GLOBAL_POOLS
 
 OPSET = 17
 LAYOUTS = ("nchw", "nhwc")
 ACTIVATIONS = {"relu6": ("Clip", "zero", "six"), "relu": ("Relu",)}  # op type, then its constant inputs
+GLOBAL_REDUCTIONS = {"avg": "GlobalAveragePool", "max": "GlobalMaxPool"}  # NCHW -> [N, C, 1, 1]
 
 
 def onnx_model(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: int | None, layout: str = "nchw"):
@@ -59,18 +62,18 @@ def onnx_model(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: i
             raise ValueError(f"activation {c.act!r} has no ONNX export yet (only {', '.join(ACTIVATIONS)})")
         return op(ACTIVATIONS[c.act][0], [y, *ACTIVATIONS[c.act][1:]])
 
-    def pool(x: str) -> str:  # timm's SelectAdaptivePool2d(flatten=True); '' keeps the map
-        kind = spec.global_pool
-        if not kind:
+    def pool(x: str) -> str:  # timm's SelectAdaptivePool2d(flatten=True); no reductions keep the map
+        pooling = GLOBAL_POOLS[spec.global_pool]
+        if not pooling.reductions:
             return x
-        avg = op("GlobalAveragePool", [x]) if "avg" in kind else None
-        mx = op("GlobalMaxPool", [x]) if "max" in kind else None
-        if kind == "avgmax":
-            y = op("Mul", [op("Add", [avg, mx]), const("half", 0.5)])
-        elif kind == "catavgmax":
-            y = op("Concat", [avg, mx], axis=1)
+        ys = [op(GLOBAL_REDUCTIONS[r], [x]) for r in pooling.reductions]
+        if len(ys) == 1:
+            y = ys[0]
+        elif pooling.combine == "concat":
+            y = op("Concat", ys, axis=1)
         else:
-            y = avg or mx
+            total = functools.reduce(lambda a, b: op("Add", [a, b]), ys)
+            y = op("Mul", [total, const("pool_mean", 1.0 / len(ys))])
         return op("Flatten", [y])
 
     batch = batch_size if batch_size else "batch"
@@ -78,11 +81,11 @@ def onnx_model(fused: FusedMobileNetV2, img_size: tuple[int, int], batch_size: i
     shape = [batch, 3, h, w] if layout == "nchw" else [batch, h, w, 3]
     x = "input" if layout == "nchw" else op("Transpose", ["input"], perm=[0, 3, 1, 2])
     x = conv(x, params["stem"], spec.stem, "stem")
-    for i, ((convs, skip), layers) in enumerate(zip(spec.blocks, params["blocks"], strict=True)):
+    for i, (block, layers) in enumerate(zip(spec.blocks, params["blocks"], strict=True)):
         shortcut = x
-        for j, (c, p) in enumerate(zip(convs, layers, strict=True)):
+        for j, (c, p) in enumerate(zip(block.convs, layers, strict=True)):
             x = conv(x, p, c, f"blocks.{i}.{j}")
-        x = op("Add", [x, shortcut]) if skip else x
+        x = op("Add", [x, shortcut]) if block.skip else x
     x = pool(conv(x, params["head"], spec.head, "head"))
     if not spec.global_pool and layout == "nhwc":  # the feature map in the input's layout
         x = op("Transpose", [x], perm=[0, 2, 3, 1])

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mv2jax.convert.to_timm import load_mv2jax
 from mv2jax.data import resolve_data_config
-from mv2jax.models import MobileNetV2, create_model
+from mv2jax.models import MobileNetV2
+from mv2jax.models import load_model as load_source
 
 
 def load_model(
@@ -19,16 +19,7 @@ def load_model(
     checkpoint directory names its own model (`name` overrides it). ValueError/OSError in one line otherwise."""
     if pretrained == bool(checkpoint):
         raise ValueError("pass exactly one of --pretrained (with --model NAME) and --checkpoint PATH")
-    if checkpoint:
-        return load_mv2jax(Path(checkpoint), name, use_ema)[0]
-    if not name:
-        raise ValueError("--pretrained needs --model NAME (e.g. mobilenetv2_100.ra_in1k)")
-    if use_ema:
-        raise ValueError("--use-ema selects a checkpoint's EMA weights: it needs --checkpoint, not --pretrained")
-    try:
-        return create_model(name, pretrained=True).eval()
-    except (OSError, ValueError) as e:  # create_model's message names its own keyword arguments
-        raise type(e)(f"{e} (for this command: --checkpoint PATH instead of --pretrained)") from e
+    return load_source(name, pretrained=pretrained, checkpoint_path=checkpoint or None, use_ema=use_ema).model.eval()
 
 
 def model_name(model: MobileNetV2) -> str:

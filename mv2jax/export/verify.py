@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mv2jax.convert.state_dict import mv2jax_to_timm
 from mv2jax.convert.verify import timm_reference
 from mv2jax.export.artifact import load_artifact, load_images
 from mv2jax.models import MobileNetV2
+from mv2jax.weights import mv2jax_to_timm
 
 TOLERANCE_FACTOR = 2.0
 RANDOM_BATCH = 4

@@ -5,9 +5,9 @@ conv + BatchNorm pairs (`Block.fold`: `w * gamma / sqrt(var + eps)`, `beta - mea
 in float64 on the host, then cast to the parameter dtype), so a forward pass is a convolution, a bias add and the
 activation per layer, and the jitted call takes ~100 plain arrays instead of the module's ~300 NNX variables.
 
-The layers run on a backend (`mv2jax.models.backends`): 'xla' (lax convolutions, the whole batch at once,
-the compiler's defaults; what accelerators run and what the exporters serialise) or 'cpu' (its own block-level
-fusions, batch loop and compiler options; see `backends/cpu.py`).
+The network is a list of named blocks (`FusedBlock`: kind, folded convolutions, residual) that a backend
+(`mv2jax.models.backends`) runs: it computes each folded convolution and block, runs the batch (at once or in
+a loop) and names the compiler options. 'xla' is what accelerators run and what the exporters serialise.
 
 Outputs equal the module's eval-mode outputs to float32 rounding (tests/models/test_fused.py checks both
 against timm in float64).
@@ -23,33 +23,39 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mv2jax.models.backends import get_backend, resolve_conv_impl
-from mv2jax.models.layers import ConvSpec, fold_conv_bn
-from mv2jax.models.mobilenetv2 import MobileNetV2, check_input, global_pool_2d
+from mv2jax.models.backends import Backend, get_backend
+from mv2jax.models.folded import ConvSpec, FusedBlock
+from mv2jax.models.layers import fold_conv_bn
+from mv2jax.models.mobilenetv2 import MobileNetV2, MobileNetV2Features, check_input
+from mv2jax.models.pooling import global_pool_2d
 
 Params = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
 class FusedSpec:
-    """The static half of a fused network: per block its folded convs in order and whether it has a residual."""
+    """The static half of a fused network: the stem, the blocks in order, the head, and the backend they run on."""
 
     stem: ConvSpec
-    blocks: tuple[tuple[tuple[ConvSpec, ...], bool], ...]
-    head: ConvSpec | None
+    blocks: tuple[FusedBlock, ...]
+    head: ConvSpec
     global_pool: str
     has_classifier: bool
-    conv_impl: str
+    backend: Backend
     dtype: Any
+
+    @property
+    def conv_impl(self) -> str:
+        return self.backend.name
 
 
 def fused_forward_features(spec: FusedSpec, params: Params, x: jax.Array) -> jax.Array:
     """NHWC images -> unpooled features `[B, H/32, W/32, num_features]`, the whole batch at once."""
-    backend = get_backend(spec.conv_impl)
+    backend = spec.backend
     x = backend.folded_conv(x.astype(spec.dtype), params["stem"], spec.stem)
-    for (convs, skip), layers in zip(spec.blocks, params["blocks"], strict=True):
-        y = backend.folded_block(x, layers, convs)
-        x = y + x if skip else y
+    for block, layers in zip(spec.blocks, params["blocks"], strict=True):
+        y = backend.folded_block(x, layers, block)
+        x = y + x if block.skip else y
     return backend.folded_conv(x, params["head"], spec.head)
 
 
@@ -62,55 +68,46 @@ def fused_forward(spec: FusedSpec, params: Params, x: jax.Array) -> jax.Array:
     return x
 
 
-def chunked(fn, x: jax.Array, chunk: int) -> jax.Array:
-    """`fn(x)` computed over groups of `chunk` examples in a loop (the batch padded to a multiple of `chunk`)."""
-    n = x.shape[0]
-    if chunk <= 0 or n <= chunk:
-        return fn(x)
-    pad = -n % chunk
-    if pad:
-        x = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-    out = jax.lax.map(fn, x.reshape(-1, chunk, *x.shape[1:]))
-    return out.reshape(-1, *out.shape[2:])[:n]
-
-
 class FusedMobileNetV2:
     """An inference-only MobileNetV2 with BatchNorm folded in. `fused(x)` -> logits (jitted, NHWC float input);
     `fused.params` (a dict of arrays) and `fused.apply(params, x)` (a pure function) to jit, shard or export it
     yourself. Created by `fuse_for_inference`."""
 
-    def __init__(self, spec: FusedSpec, params: Params, *, batch_chunk: int, in_chans: int):
-        self.spec, self.params, self.batch_chunk, self.in_chans = spec, params, batch_chunk, in_chans
+    def __init__(self, spec: FusedSpec, params: Params, *, in_chans: int, devices: int = 1):
+        self.spec, self.params, self.in_chans, self.devices = spec, params, in_chans, devices
         self._jitted = jax.jit(self.apply, compiler_options=self.compiler_options)
 
     @property
     def compiler_options(self) -> dict[str, Any] | None:
         """XLA options the jitted call compiles with (pass them to your own `jax.jit` of `apply`)."""
-        return get_backend(self.spec.conv_impl).INFERENCE_COMPILER_OPTIONS
+        options = self.spec.backend.inference_compiler_options
+        return None if options is None else dict(options)
 
     def apply(self, params: Params, x: jax.Array) -> jax.Array:
         """Logits of NHWC `x` (already checked) for `params` shaped like `self.params`: pure, jittable."""
-        return chunked(functools.partial(fused_forward, self.spec, params), x, self.batch_chunk)
+        return self.spec.backend.run_batch(functools.partial(fused_forward, self.spec, params), x, self.devices)
+
+    def loops_over_batch(self, batch: int) -> bool:
+        """Whether `apply` computes a batch of `batch` images in a loop (XLA's cost analysis counts one pass)."""
+        return self.spec.backend.loops_over_batch(batch, self.devices)
 
     def __call__(self, x) -> jax.Array:
         return self._jitted(self.params, check_input(x, self.in_chans))
 
 
 def fuse_for_inference(
-    model: MobileNetV2, *, conv_impl: str | None = None, batch_chunk: int | None = None
+    model: MobileNetV2 | MobileNetV2Features, *, conv_impl: str | Backend | None = None, devices: int = 1
 ) -> FusedMobileNetV2:
     """`model` with each BatchNorm folded into its convolution (its running statistics: eval-mode semantics).
 
     conv_impl: the backend the folded network runs on; default the model's. 'xla' gives lax convolutions
     whatever the model was built with (what the exporters use).
-    batch_chunk: images per group when a batch is processed as a loop over groups; default the backend's
-    (2 on 'cpu', which keeps a group's activations in cache; 0, the whole batch, on 'xla').
+    devices: how many devices the batch given to `apply` is sharded over; the backend runs the batch
+    accordingly (XLA:CPU loops over small groups of images, which it can only do on one device).
     The model itself is not changed; fuse again after changing its weights."""
-    if model.features_only:
+    if not isinstance(model, MobileNetV2):
         raise ValueError("fuse_for_inference needs a classification model: features_only models are not supported")
-    impl = resolve_conv_impl(conv_impl or model.conv_impl)
-    if batch_chunk is None:
-        batch_chunk = get_backend(impl).INFERENCE_BATCH_CHUNK
+    backend = get_backend(conv_impl or model.backend)
     pdtype = np.dtype(model.param_dtype)
     blocks = [block for stage in model.blocks for block in stage]
     folded = [block.fold(pdtype) for block in blocks]
@@ -118,15 +115,15 @@ def fuse_for_inference(
     head_spec, head = fold_conv_bn(model.conv_head, model.bn2, pdtype)
     spec = FusedSpec(
         stem=stem_spec,
-        blocks=tuple((convs, block.has_skip) for (convs, _), block in zip(folded, blocks, strict=True)),
+        blocks=tuple(block for block, _ in folded),
         head=head_spec,
         global_pool=model.global_pool,
         has_classifier=model.classifier is not None,
-        conv_impl=impl,
+        backend=backend,
         dtype=model.dtype or pdtype,
     )
     params: Params = {"stem": stem, "blocks": [layers for _, layers in folded], "head": head}
     if model.classifier is not None:
         params["classifier"] = {k: np.asarray(getattr(model.classifier, k)[...]) for k in ("weight", "bias")}
     params = jax.tree.map(jnp.asarray, params)
-    return FusedMobileNetV2(spec, params, batch_chunk=batch_chunk, in_chans=model.in_chans)
+    return FusedMobileNetV2(spec, params, in_chans=model.in_chans, devices=devices)

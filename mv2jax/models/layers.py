@@ -7,7 +7,6 @@ timm's, so a flat NNX state path joined with dots is the timm state-dict key.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
@@ -17,7 +16,8 @@ import numpy as np
 from flax import nnx
 
 from mv2jax.models.activations import DEFAULT_ACT, apply_act, check_act
-from mv2jax.models.backends import ConvImpl, get_backend, resolve_conv_impl
+from mv2jax.models.backends import Backend, ConvImpl, get_backend
+from mv2jax.models.folded import ConvSpec
 
 RUNNING_STATS_FROM = ("mean", "first")  # BatchNormAct2d.running_stats_from: all stat groups' mean, or group 0's
 
@@ -38,7 +38,8 @@ def _param(value: np.ndarray, dtype) -> nnx.Param:
 
 
 class Conv2d(nnx.Module):
-    """Bias-free 2-D convolution (timm `create_conv2d` with pad_type='').
+    """Bias-free 2-D convolution (timm `create_conv2d` with pad_type=''), computed by `backend` (a `Backend` or a
+    conv_impl name, resolved once here).
 
     Parameters: `weight` HWIO `[k, k, in/groups, out]`, initialised as timm's `_init_weight_goog`
     (normal, std sqrt(2 / fan_out), fan_out = k*k*out/groups).
@@ -52,7 +53,7 @@ class Conv2d(nnx.Module):
         *,
         stride: int = 1,
         groups: int = 1,
-        conv_impl: ConvImpl = "auto",
+        backend: Backend | ConvImpl = "auto",
         dtype=None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -61,7 +62,7 @@ class Conv2d(nnx.Module):
             raise ValueError(f"channels {in_chs}->{out_chs} are not divisible by groups={groups}")
         self.in_chs, self.out_chs, self.kernel_size = in_chs, out_chs, kernel_size
         self.stride, self.groups, self.padding = stride, groups, symmetric_padding(kernel_size, stride)
-        self.conv_impl = resolve_conv_impl(conv_impl)
+        self.backend = get_backend(backend)
         self.dtype = dtype
         fan_out = kernel_size * kernel_size * out_chs // groups
         shape = (kernel_size, kernel_size, in_chs // groups, out_chs)
@@ -75,20 +76,7 @@ class Conv2d(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         w = self.weight[...]
         dtype = self.dtype or jnp.result_type(x, w)
-        conv = get_backend(self.conv_impl).conv2d
-        return conv(x.astype(dtype), w.astype(dtype), self.stride, self.padding, self.groups)
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvSpec:
-    """Static description of one BatchNorm-folded convolution: kernel size, stride, symmetric padding,
-    depthwise or dense, and the activation that follows (None: linear)."""
-
-    kernel_size: int
-    stride: int
-    padding: int
-    depthwise: bool
-    act: str | None
+        return self.backend.conv2d(x.astype(dtype), w.astype(dtype), self.stride, self.padding, self.groups)
 
 
 def fold_conv_bn(conv: Conv2d, bn: BatchNormAct2d, param_dtype) -> tuple[ConvSpec, dict[str, np.ndarray]]:
@@ -104,7 +92,8 @@ def fold_conv_bn(conv: Conv2d, bn: BatchNormAct2d, param_dtype) -> tuple[ConvSpe
 
 class BatchNormAct2d(nnx.Module):
     """timm's BatchNormAct2d (BatchNorm2d + optional activation `act`, a name from
-    `mv2jax.models.activations`) over NHWC. Train mode runs the `conv_impl` backend's BatchNorm.
+    `mv2jax.models.activations`) over NHWC. Train mode runs `backend`'s BatchNorm (a `Backend` or a conv_impl
+    name, resolved once here).
 
     Train mode normalises with the biased batch variance and updates the running statistics PyTorch's
     way: `running = (1 - momentum) * running + momentum * stat`, with the *unbiased* variance,
@@ -125,12 +114,12 @@ class BatchNormAct2d(nnx.Module):
         act: str | None = DEFAULT_ACT,
         eps: float = 1e-5,
         momentum: float = 0.1,
-        conv_impl: ConvImpl = "auto",
+        backend: Backend | ConvImpl = "auto",
         dtype=None,
         param_dtype=jnp.float32,
     ):
         self.num_features, self.act = num_features, check_act(act)
-        self.conv_impl = resolve_conv_impl(conv_impl)
+        self.backend = get_backend(backend)
         self.eps, self.momentum, self.dtype = eps, momentum, dtype
         self.use_running_average = False
         self.stat_groups = 1
@@ -163,7 +152,7 @@ class BatchNormAct2d(nnx.Module):
         if x.shape[0] % groups:
             raise ValueError(f"batch of {x.shape[0]} does not split into {groups} BatchNorm stat groups")
         xg = _stat_cast(x).reshape(groups, x.shape[0] // groups, *x.shape[1:])
-        y, mean, var = get_backend(self.conv_impl).batch_norm_train(xg, w, b, self.eps, self.act)
+        y, mean, var = self.backend.batch_norm_train(xg, w, b, self.eps, self.act)
         self._update_running_stats(mean, var, xg.shape[1] * xg.shape[2] * xg.shape[3])
         return y.reshape(x.shape)
 

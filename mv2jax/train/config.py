@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from mv2jax.cli import CliParser, add_conv_impl_arg, check_conv_impl, one_line
 from mv2jax.host_memory import SETTINGS as HOST_ALLOCATOR_SETTINGS
 
 DEFAULT_OUTPUT = "./output/train"
@@ -115,14 +116,7 @@ class TrainConfig:
     head_init_bias: float | None = flag(
         "--head-init-bias", group=_MODEL, type=float, help="initial classifier bias value"
     )
-    conv_impl: str = flag(
-        "--conv-impl",
-        default="auto",
-        group=_MODEL,
-        metavar="IMPL",
-        help="mv2jax: the network's backend: auto ('cpu' when JAX's default backend is the CPU, else 'xla'), "
-        "xla (lax convolutions and autodiff: GPU/TPU) or cpu (the XLA:CPU fast path)",
-    )
+    conv_impl: str = flag("--conv-impl", default="auto", group=_MODEL)  # mv2jax's; built by add_conv_impl_arg
     # Device
     amp: bool = flag(
         "--amp",
@@ -448,8 +442,8 @@ _UNSET = object()  # argparse default of JAX_MAPPED flags: tells "given" from "l
 
 def build_parser() -> argparse.ArgumentParser:
     """The train.py parser: `TrainConfig` fields, then the JAX_MAPPED and UNSUPPORTED timm flags."""
-    parser = argparse.ArgumentParser(
-        prog="train.py",
+    parser = CliParser(
+        "train.py",
         description="Train a timm MobileNetV2 in JAX with timm's train.py flags "
         "(no arguments: a quick demo run on the embedded digits dataset).",
     )
@@ -465,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(TrainConfig):
         meta = f.metadata
         group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        if f.name == "conv_impl":  # the flag every CLI shares, checked against the backend registry
+            add_conv_impl_arg(group, default=f.default)
+            continue
         group.add_argument(
             *meta["names"], dest=f.name, default=f.default, help=meta["help"] or None, **meta["argparse"]
         )
@@ -483,6 +480,8 @@ def _read_yaml(path: str) -> dict[str, Any]:
             values = yaml.safe_load(f) or {}
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {one_line(e)}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of dest names to values")
     return values
@@ -505,7 +504,7 @@ def parse_config(argv: Sequence[str] | None = None, out: TextIO | None = None) -
     if not argv:
         print("no arguments: quick demo run (" + " ".join(_as_flags(QUICK_RUN)) + ")", file=out)
         _apply_defaults(parser, QUICK_RUN, "QUICK_RUN")
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = CliParser("train.py", add_help=False)
     pre.add_argument("-c", "--config", default="")
     known, _ = pre.parse_known_args(argv)
     try:
@@ -528,7 +527,7 @@ def host_allocator_setting(argv: Sequence[str] | None = None) -> str:
     decides on restarting with it first thing, without JAX. A bad value gives 'off' here (no restart), and the
     full parse then reports it."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = CliParser("train.py", add_help=False)
     pre.add_argument("-c", "--config", default="")
     pre.add_argument("--host-allocator", default=None)
     known, _ = pre.parse_known_args(argv)
@@ -536,7 +535,7 @@ def host_allocator_setting(argv: Sequence[str] | None = None) -> str:
     if value is None and known.config:
         try:
             value = _read_yaml(known.config).get("host_allocator")
-        except (ConfigError, yaml.YAMLError):
+        except ConfigError:
             value = None
     value = _on_off(TrainConfig.host_allocator if value is None else value)
     return value if value in HOST_ALLOCATOR_SETTINGS else "off"
@@ -590,10 +589,10 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigError(
             f"--host-allocator must be one of {', '.join(HOST_ALLOCATOR_SETTINGS)}, got {config.host_allocator!r}"
         )
-    from mv2jax.models.backends import CONV_IMPLS  # imports JAX: here, not at module level (--help needs none)
-
-    if config.conv_impl not in CONV_IMPLS:
-        raise ConfigError(f"--conv-impl must be one of {', '.join(CONV_IMPLS)}, got {config.conv_impl!r}")
+    try:  # a value from a YAML file or config_from_dict, which the flag's own check did not see
+        check_conv_impl(config.conv_impl)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _as_flags(values: Mapping[str, Any]) -> list[str]:

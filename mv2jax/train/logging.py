@@ -6,7 +6,7 @@ Files in the run directory (written by process 0 only; other processes get a log
 - `log.jsonl`: one JSON object per line; `{"kind": "step", ...}` every `--log-interval` updates and
   `{"kind": "epoch", ...}` at each epoch end with both raw (`eval`) and EMA (`eval_ema`) metrics.
 - `curves.png`: train loss and lr per update, eval top-1 (raw and EMA) per epoch; redrawn at an epoch end at most
-  every `PLOT_INTERVAL_S` seconds (drawing takes ~1 s), and always at the end of a run or a preemption.
+  every `PLOT_INTERVAL_S` seconds (drawing is slow beside a short epoch), and at the end of a run or a preemption.
 - `args.yaml`: the run's configuration (timm writes the same file).
 
 On resume, rows and records after the restored point are dropped first (as timm's `trim_summary`), so a run

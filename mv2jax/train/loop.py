@@ -25,6 +25,7 @@ import numpy as np
 from mv2jax import host_memory
 from mv2jax.compile_cache import enable_compile_cache
 from mv2jax.data.loader import LoaderIterator
+from mv2jax.metrics import averages
 from mv2jax.train.checkpoint import CHECKPOINTS_DIR, PreemptionGuard, TrainCheckpointer
 from mv2jax.train.config import TrainConfig
 from mv2jax.train.logging import RunLogger
@@ -125,9 +126,9 @@ def train_epoch(
 # --- evaluation and epoch end -------------------------------------------------------------------------------------
 
 
-def evaluate(run: Run, weights: list[tuple[Any, Any]]) -> list[dict[str, float]]:
-    """timm's validate for each (params, batch_stats) in one pass over the eval split: {loss, top1, top5}
-    (plain cross entropy; top-k in percent), every example counted exactly once."""
+def eval_totals(run: Run, weights: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
+    """For each (params, batch_stats), one pass over the eval split: the `mv2jax.metrics.masked_sums` totals
+    (`loss_sum`, `top1`, `top5`, `count`) of its real examples, every example counted exactly once."""
     totals: list[Any] = [None] * len(weights)
     it = iter(run.eval_loader)
     try:
@@ -138,17 +139,13 @@ def evaluate(run: Run, weights: list[tuple[Any, Any]]) -> list[dict[str, float]]
                 totals[j] = m if totals[j] is None else jax.tree.map(jnp.add, totals[j], m)
     finally:
         it.close()
-    results = []
-    for t in jax.device_get(totals):
-        n = float(t["count"])
-        results.append(
-            {
-                "loss": float(t["loss_sum"]) / n,
-                "top1": 100.0 * float(t["top1"]) / n,
-                "top5": 100.0 * float(t["top5"]) / n,
-            }
-        )
-    return results
+    return jax.device_get(totals)
+
+
+def evaluate(run: Run, weights: list[tuple[Any, Any]]) -> list[dict[str, float]]:
+    """timm's validate for each (params, batch_stats) in one pass over the eval split: {loss, top1, top5}
+    (plain cross entropy; top-k in percent)."""
+    return [averages(t) for t in eval_totals(run, weights)]
 
 
 def _meta(run: Run, ep: EpochState, epoch_done: bool, evals: Mapping[str, Any] | None = None) -> dict:

@@ -12,13 +12,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mv2jax.metrics import log_probs, loss_dtype, nll
+
 REDUCTIONS = ("mean", "sum", "none")
-
-
-def loss_dtype(logits: jax.Array) -> jnp.dtype:
-    """float32 for half- and single-precision logits (mixed precision keeps the loss in float32), float64 for
-    float64 logits (so a float64 run is float64 end to end)."""
-    return jnp.promote_types(jnp.float32, logits.dtype)
 
 
 def _reduce(per_example: jax.Array, weights: jax.Array | None, reduction: str) -> jax.Array:
@@ -45,17 +41,16 @@ def label_smoothing_cross_entropy(
     weights: jax.Array | None = None,
     reduction: str = "mean",
 ) -> jax.Array:
-    """timm LabelSmoothingCrossEntropy: (1 - smoothing) * nll + smoothing * mean_c(-log p); result in
-    `loss_dtype(logits)`.
+    """timm LabelSmoothingCrossEntropy: (1 - smoothing) * nll + smoothing * mean_c(-log p), over the
+    log-probabilities of `mv2jax.metrics`; result in `loss_dtype(logits)`.
 
-    `smoothing=0` is plain cross entropy (timm's validation loss).
+    `smoothing=0` is `mv2jax.metrics.cross_entropy` (timm's validation loss).
     """
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
-    logprobs = jax.nn.log_softmax(logits.astype(loss_dtype(logits)), axis=-1)
-    nll = -jnp.take_along_axis(logprobs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    logprobs = log_probs(logits)
     smooth = -logprobs.mean(axis=-1)
-    return _reduce((1.0 - smoothing) * nll + smoothing * smooth, weights, reduction)
+    return _reduce((1.0 - smoothing) * nll(logprobs, labels) + smoothing * smooth, weights, reduction)
 
 
 def soft_target_cross_entropy(
@@ -66,7 +61,6 @@ def soft_target_cross_entropy(
 ) -> jax.Array:
     """timm SoftTargetCrossEntropy: sum_c(-target * log p) per example (mixup/cutmix targets); result in
     `loss_dtype(logits)`."""
-    dtype = loss_dtype(logits)
-    logprobs = jax.nn.log_softmax(logits.astype(dtype), axis=-1)
-    per_example = jnp.sum(-targets.astype(dtype) * logprobs, axis=-1)
+    logprobs = log_probs(logits)
+    per_example = jnp.sum(-targets.astype(loss_dtype(logits)) * logprobs, axis=-1)
     return _reduce(per_example, weights, reduction)

@@ -1,5 +1,5 @@
-"""Data parallelism: a 1-D device mesh (`data` axis over every device of every process), shardings, multi-host
-start-up, and timm's BatchNorm distribution modes.
+"""Data parallelism for training: the mesh and shardings of `mv2jax.mesh` (re-exported here), placing train
+states and batches on it, multi-host start-up, and timm's BatchNorm distribution modes.
 
 Parameters, optimizer state and EMA are replicated; each batch is split along its leading axis over `data`
 (device `i` of the mesh holds examples `[i*B/N, (i+1)*B/N)`). With several processes (hosts), every process
@@ -19,12 +19,15 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from mv2jax.data.loader import to_global_batch
+from mv2jax.mesh import DATA_AXIS as DATA_AXIS
+from mv2jax.mesh import batch_sharding as batch_sharding
+from mv2jax.mesh import create_mesh as create_mesh
+from mv2jax.mesh import num_data_devices as num_data_devices
+from mv2jax.mesh import replicated as replicated
 from mv2jax.train.config import DIST_BN_MODES
-
-DATA_AXIS = "data"
 
 
 def initialize_distributed(
@@ -49,28 +52,6 @@ def initialize_distributed(
         process_id=process_id,
         local_device_ids=local_device_ids,
     )
-
-
-def create_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh with axis `data` over `devices` (default: `jax.devices()`, all devices of all processes,
-    ordered by process so each process's devices hold a contiguous part of the batch)."""
-    devices = list(jax.devices() if devices is None else devices)
-    devices.sort(key=lambda d: (d.process_index, d.id))
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over `data`, other axes whole."""
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    """A full copy on every device."""
-    return NamedSharding(mesh, PartitionSpec())
-
-
-def num_data_devices(mesh: Mesh) -> int:
-    return mesh.shape[DATA_AXIS]
 
 
 def bn_stat_groups(mesh: Mesh, sync_bn: bool = False) -> int:

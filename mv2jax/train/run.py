@@ -21,8 +21,17 @@ from flax import nnx
 from jax.sharding import Mesh
 
 import mv2jax
-from mv2jax.data import MixupConfig, create_dataset, create_loader, create_transform, mixup, resolve_data_config
+from mv2jax.data import (
+    MixupConfig,
+    create_dataset,
+    create_eval_transform,
+    create_loader,
+    create_transform,
+    mixup,
+    resolve_data_config,
+)
 from mv2jax.data.loader import Loader, LoaderIterator
+from mv2jax.models import load_model
 from mv2jax.train.checkpoint import TrainCheckpointer, find_checkpoint, set_step
 from mv2jax.train.config import ConfigError, TrainConfig
 from mv2jax.train.mesh import (
@@ -130,7 +139,7 @@ def _datasets(config: TrainConfig) -> tuple[Any, Any]:
 
 def _create_model(config: TrainConfig, num_classes: int) -> nnx.Module:
     in_chans = config.in_chans or (config.input_size[0] if config.input_size else 3)
-    model = mv2jax.create_model(
+    model = load_model(
         config.model,
         pretrained=config.pretrained,
         checkpoint_path=config.initial_checkpoint or None,
@@ -142,7 +151,7 @@ def _create_model(config: TrainConfig, num_classes: int) -> nnx.Module:
         dtype=jnp.bfloat16 if config.amp else None,
         conv_impl=config.conv_impl,
         seed=config.seed,
-    )
+    ).model
     classifier = model.classifier
     if classifier is not None and config.head_init_scale is not None:  # timm train.py's --head-init-scale
         classifier.weight[...] = classifier.weight[...] * config.head_init_scale
@@ -185,16 +194,7 @@ def _transforms(config: TrainConfig, model: nnx.Module) -> tuple[dict, Callable,
         re_mode=config.remode,
         re_count=config.recount,
     )
-    eval_tf = create_transform(
-        data_config["input_size"],
-        is_training=False,
-        interpolation=data_config["interpolation"],
-        mean=data_config["mean"],
-        std=data_config["std"],
-        crop_pct=data_config["crop_pct"],
-        crop_mode=data_config["crop_mode"],
-    )
-    return data_config, train_tf, eval_tf
+    return data_config, train_tf, create_eval_transform(data_config)
 
 
 def _optimizer(config: TrainConfig, steps_per_epoch: int, global_batch: int, say: Callable) -> tuple:

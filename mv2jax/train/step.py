@@ -27,6 +27,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from mv2jax.metrics import example_metrics, masked_sums
 from mv2jax.models.layers import check_running_stats_from
 from mv2jax.train.ema import ema_decay, ema_update
 from mv2jax.train.losses import label_smoothing_cross_entropy, soft_target_cross_entropy
@@ -35,7 +36,6 @@ from mv2jax.train.state import TrainState, ema_variables, merge_model, split_mod
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
-TOPK = 5  # timm reports Acc@1 and Acc@5 (top-min(5, num_classes), as timm.utils.accuracy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +87,7 @@ def _forward_loss(params, batch_stats, rng_state, batch: Batch, graphdef: nnx.Gr
 
 def _global_norm(tree) -> jax.Array:
     """L2 norm of all leaves together, float32. One reduction over the concatenated leaves: per-leaf sums (as
-    optax.tree.norm) are ~4 XLA fusions per leaf, ~600 for the two norms of a step, ~2 s of its compile."""
+    optax.tree.norm) compile to a few XLA fusions per leaf, which lengthens the train step's compile."""
     leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)]
     flat = jnp.concatenate(leaves) if leaves else jnp.zeros((0,), jnp.float32)
     return jnp.sqrt(jnp.sum(jnp.square(flat)))
@@ -137,36 +137,14 @@ def train_step(
 def eval_step(params, batch_stats, batch: Batch, rng_state, *, graphdef: nnx.GraphDef) -> Metrics:
     """Eval-mode forward over a batch; raw or EMA weights alike (pass `state.ema['params']`, ...).
 
-    Returns sums over the examples with `mask` True (all if no mask), to be added up over batches and divided
-    by `count`: `loss_sum` (float32, plain cross entropy as timm's validate), `top1`, `top5` (correct counts,
-    float32; top-5 is top-min(5, K)) and `count`.
+    Returns `mv2jax.metrics.masked_sums` over the examples with `mask` True (all if no mask), to be added up
+    over batches and turned into the reported numbers by `mv2jax.metrics.averages`: `loss_sum` (float32, plain
+    cross entropy as timm's validate), `top1`, `top5` (correct counts; top-5 is top-min(5, K)) and `count`.
     """
     model = merge_model(graphdef, params, batch_stats, rng_state)
     model.eval()
-    logits = model(batch["image"]).astype(jnp.float32)
-    labels = batch["label"].astype(jnp.int32)
-    mask = batch.get("mask")
-    weights = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
-    loss_sum = label_smoothing_cross_entropy(logits, labels, 0.0, weights=weights, reduction="sum")
-    top = top_k_classes(logits)
-    return {
-        "loss_sum": loss_sum,
-        "top1": jnp.sum(top_k_correct(top, labels, 1) * weights),
-        "top5": jnp.sum(top_k_correct(top, labels, TOPK) * weights),
-        "count": jnp.sum(weights),
-    }
-
-
-def top_k_classes(logits: jax.Array, k: int = TOPK) -> jax.Array:
-    """int32 [B, min(k, classes)]: the classes timm's `accuracy(output, target, topk)` ranks first, best first.
-    Tied logits rank the lower class first (`lax.top_k`), so a label tied with a lower class is not top-1."""
-    return jax.lax.top_k(logits, min(k, logits.shape[-1]))[1]
-
-
-def top_k_correct(top: Any, labels: Any, k: int) -> Any:
-    """bool [B]: the label is among the first k of `top` (from `top_k_classes`); numpy or JAX arrays alike. The
-    one top-k rule of train.py's eval and of `mv2jax.validate`."""
-    return (top[:, :k] == labels[:, None]).any(axis=-1)
+    labels = batch["label"]
+    return masked_sums(example_metrics(model(batch["image"]), labels), labels, batch.get("mask"))
 
 
 def make_train_step(

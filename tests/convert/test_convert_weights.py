@@ -21,8 +21,9 @@ from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file
 
 import mv2jax
-from mv2jax.convert import cli, from_timm, read_checkpoint, read_orbax, state_dict, to_timm
+from mv2jax.convert import cli, from_timm, read_checkpoint, read_orbax, to_timm
 from mv2jax.convert.verify import top_k_agreement
+from mv2jax.weights import orbax_io, state_dict
 from tests.timm_reference import state_dict_numpy, timm_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -194,7 +195,7 @@ def test_verify_fails_on_a_layout_bug_that_round_trips_exactly(mv2jax_dir, tmp_p
     """Both layout functions swap kernel height and width: timm -> mv2jax -> timm stays bit-identical, so only
     timm's logits can show that the exported file holds transposed kernels."""
     spatially_swapped = lambda key, a: np.ascontiguousarray(a.transpose(3, 2, 1, 0)) if a.ndim == 4 else a.T
-    for module in (state_dict, to_timm):
+    for module in (state_dict, orbax_io):
         monkeypatch.setattr(module, "to_timm_layout", spatially_swapped)
     monkeypatch.setattr(state_dict, "from_timm_layout", spatially_swapped)
     assert run("--to-timm", "--input", mv2jax_dir, "--output", tmp_path / "model.safetensors", "--verify") == 1
@@ -304,6 +305,5 @@ def test_an_unknown_flag_is_one_line_and_exit_code_2():
     script = [sys.executable, "convert_weights.py", "--output", "x", "--no-such-flag"]
     proc = subprocess.run(script, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.splitlines() == [
-        "python convert_weights.py: error: unrecognized arguments: --no-such-flag (see --help)"
-    ]
+    expected = "convert_weights.py: error: unrecognized arguments: --no-such-flag (see --help)"
+    assert proc.stderr.splitlines() == [expected]

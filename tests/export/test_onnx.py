@@ -43,7 +43,7 @@ def test_onnx_graph_is_nchw_with_no_transposes_and_grouped_depthwise_convs(varia
     convs = [n for n in graph.node if n.op_type == "Conv"]
     groups = [({a.name: a.i for a in n.attribute}["group"], weights[n.input[1]].shape) for n in convs]
     spec = fuse_for_inference(v.model).spec
-    depthwise = [c.depthwise for c in [spec.stem, *(c for convs, _ in spec.blocks for c in convs), spec.head]]
+    depthwise = [c.depthwise for c in [spec.stem, *(c for block in spec.blocks for c in block.convs), spec.head]]
     assert len(groups) == len(depthwise)
     for (group, shape), is_depthwise in zip(groups, depthwise, strict=True):  # group == channels, one input each
         assert (group, shape[1]) == ((shape[0], 1) if is_depthwise else (1, shape[1])), (group, shape)

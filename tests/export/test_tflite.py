@@ -40,10 +40,10 @@ def test_tflite_graph_has_litert_convolutions_and_no_transposes(variants, tmp_pa
     v.export(tmp_path / "m.tflite", "tflite")
     ops = _ops(tmp_path / "m.tflite")
     spec = fuse_for_inference(v.model).spec
-    convs = [spec.stem, *(c for convs, _ in spec.blocks for c in convs), spec.head]
+    convs = [spec.stem, *(c for block in spec.blocks for c in block.convs), spec.head]
     assert ops.count("DEPTHWISE_CONV_2D") == sum(c.depthwise for c in convs)
     assert ops.count("CONV_2D") == sum(not c.depthwise for c in convs)
-    assert ops.count("ADD") == sum(skip for _, skip in spec.blocks) and ops.count("FULLY_CONNECTED") == 1
+    assert ops.count("ADD") == sum(block.skip for block in spec.blocks) and ops.count("FULLY_CONNECTED") == 1
     # ReLU6 fused into the convolutions; explicit PADs only where PyTorch's symmetric padding is not LiteRT's SAME
     assert set(ops) <= {"CONV_2D", "DEPTHWISE_CONV_2D", "ADD", "PAD", "MEAN", "FULLY_CONNECTED"}, sorted(set(ops))
 

@@ -58,6 +58,17 @@ def test_out_indices_select_feature_maps_like_timm():
         mv2jax.create_model(name, features_only=True, out_indices=(5,))
 
 
+def test_features_only_is_its_own_class_with_the_trunk_and_no_head():
+    """As timm's EfficientNetFeatures: the same stem and blocks (timm's state-dict keys), no head, no classifier."""
+    feat = mv2jax.create_model("mobilenetv2_035", features_only=True)
+    full = mv2jax.create_model("mobilenetv2_035")
+    assert type(feat) is mv2jax.models.MobileNetV2Features and feat.features_only and not full.features_only
+    assert not any(hasattr(feat, a) for a in ("conv_head", "bn2", "classifier", "forward_head", "reset_classifier"))
+    keys = {".".join(map(str, k)) for k, _ in nnx.to_flat_state(nnx.state(feat))}
+    full_keys = {".".join(map(str, k)) for k, _ in nnx.to_flat_state(nnx.state(full))}
+    assert keys == {k for k in full_keys if not k.startswith(("conv_head.", "bn2.", "head_drop.", "classifier."))}
+
+
 @pytest.mark.parametrize("global_pool", ["avg", "max", "avgmax", "catavgmax"])
 def test_global_pool_variants_and_reset_classifier_match_timm(global_pool):
     name = "mobilenetv2_035"

@@ -1,5 +1,5 @@
-"""The BatchNorm-folded inference network (`fuse_for_inference`): timm parity, equality with the module, batch
-chunking, pooling options, dtypes and errors.
+"""The BatchNorm-folded inference network (`fuse_for_inference`): timm parity, equality with the module, how the
+backend runs a batch (the 'cpu' backend's loop over groups of images), pooling options, dtypes and errors.
 
 Parity yardstick as in test_parity.py: timm run in float64; the fused float32 logits' error against it must not
 exceed twice timm's own float32 error (BN affine and running statistics randomised, so folding them matters).
@@ -16,7 +16,7 @@ import torch
 import mv2jax
 from mv2jax.models import fuse_for_inference
 from mv2jax.models.backends import cpu
-from mv2jax.models.fused import chunked
+from mv2jax.models.backends.cpu import chunked
 from tests.timm_reference import forward, mv2jax_from_timm, random_nhwc, rel_err, run_timm, timm_model
 
 pytestmark = pytest.mark.numerics
@@ -75,9 +75,11 @@ def model_035():
 
 
 @pytest.mark.parametrize("batch, chunk", [(5, 2), (4, 2), (3, 1), (1, 2), (6, 0)])
-def test_chunked_batches_equal_the_module_eval_forward(model_035, batch, chunk):
+def test_chunked_batches_equal_the_module_eval_forward(model_035, batch, chunk, monkeypatch):
+    monkeypatch.setattr(cpu, "INFERENCE_BATCH_CHUNK", chunk)
     x = random_nhwc(batch, 48, seed=batch)
-    fused = fuse_for_inference(model_035, batch_chunk=chunk)
+    fused = fuse_for_inference(model_035)
+    assert fused.loops_over_batch(batch) == (0 < chunk < batch)
     out = fused(x)
     assert out.shape == (batch, 1000)
     assert rel_err(out, forward(model_035, x)) < MODULE_TOLERANCE
@@ -95,11 +97,15 @@ def test_chunked_pads_a_ragged_batch_and_drops_the_padding():
     assert calls == [(2, 3)]  # traced once, as the body of the loop over 3 groups
 
 
-def test_default_chunk_and_compiler_options_follow_the_conv_impl(model_035):
+def test_batch_loop_and_compiler_options_follow_the_backend_and_the_device_count(model_035):
     fused = fuse_for_inference(model_035)
-    assert fused.batch_chunk == 2 and fused.compiler_options == cpu.INFERENCE_COMPILER_OPTIONS
+    assert fused.loops_over_batch(4) and fused.compiler_options == cpu.INFERENCE_COMPILER_OPTIONS
+    assert "while" in jax.jit(fused.apply).lower(fused.params, jnp.zeros((4, 32, 32, 3))).as_text()
+    sharded = fuse_for_inference(model_035, devices=2)  # a loop would cut across the shards: whole batch
+    assert not sharded.loops_over_batch(4)
+    assert "while" not in jax.jit(sharded.apply).lower(sharded.params, jnp.zeros((4, 32, 32, 3))).as_text()
     xla = fuse_for_inference(mv2jax.create_model("mobilenetv2_035", conv_impl="xla").eval())
-    assert xla.batch_chunk == 0 and xla.compiler_options is None
+    assert not xla.loops_over_batch(4) and xla.compiler_options is None
 
 
 @pytest.mark.parametrize("num_classes, global_pool", [(0, "avg"), (7, "avgmax"), (7, "catavgmax"), (0, "max")])

@@ -20,7 +20,7 @@ from flax import nnx
 
 import mv2jax
 from mv2jax.convert import model_variables, mv2jax_to_timm, timm_to_mv2jax
-from mv2jax.convert.state_dict import to_timm_layout
+from mv2jax.weights.state_dict import to_timm_layout
 from tests.timm_reference import forward, rel_err, state_dict_numpy, timm_model
 
 pytestmark = pytest.mark.numerics

@@ -21,11 +21,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mv2jax.convert import read_checkpoint, read_orbax
-from mv2jax.convert.orbax_io import local_restore_target
 from mv2jax.train.checkpoint import PreemptionGuard, TrainCheckpointer, find_checkpoint
 from mv2jax.train.optim import create_optimizer
 from mv2jax.train.schedules import create_schedule
 from mv2jax.train.state import TrainState
+from mv2jax.weights.orbax_io import local_restore_target
 
 REPO = Path(__file__).resolve().parents[2]
 # A tiny run: 4 epochs x 4 updates of 16 digits at 32x32, with everything that carries state across a resume:

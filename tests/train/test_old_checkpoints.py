@@ -28,8 +28,8 @@ import pytest
 
 import mv2jax
 from mv2jax.convert import read_checkpoint, read_orbax
-from mv2jax.convert.state_dict import mv2jax_to_timm
 from mv2jax.train.ema import ema_decay
+from mv2jax.weights import mv2jax_to_timm
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parent / "data"

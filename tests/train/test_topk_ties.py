@@ -11,7 +11,7 @@ from timm.utils import accuracy
 
 import mv2jax
 from mv2jax import validate
-from mv2jax.train.mesh import create_mesh
+from mv2jax.mesh import create_mesh
 from mv2jax.train.state import split_model
 from mv2jax.train.step import make_eval_step
 
@@ -47,5 +47,5 @@ def test_train_eval_and_validate_count_ties_alike() -> None:
         float(a) * len(LABELS) / 100 for a in accuracy(torch.from_numpy(logits), torch.from_numpy(LABELS), (1, 5))
     )
     assert (timm_top1, timm_top5) == (1, 5)  # labels 1 | 1, 2, 3, 4, 5
-    assert int(preds.correct(1).sum()) == float(train_metrics["top1"]) == timm_top1
-    assert int(preds.correct(5).sum()) == float(train_metrics["top5"]) == timm_top5
+    assert int(preds.correct(1).sum()) == preds.totals["top1"] == float(train_metrics["top1"]) == timm_top1
+    assert int(preds.correct(5).sum()) == preds.totals["top5"] == float(train_metrics["top5"]) == timm_top5

@@ -1,30 +1,35 @@
 """The 'cpu' backend: MobileNetV2's convolutions and BatchNorm in the forms XLA:CPU runs fast, with
 hand-written gradients. Everything specific to XLA:CPU lives here and nowhere else.
 
-XLA's CPU backend is slow on the convolutions of MobileNetV2 (grouped convolutions ~10x, 1x1 ~5x slower than
-the same maths as multiply-adds and matmuls) and autodiff of the multiply-add forms is slower still: the
-transpose of a strided slice is a padded scatter per tap, and the weight gradient of a 1x1 convolution asks for
-a transposed copy of its output gradient, which XLA fuses with the whole BatchNorm/depthwise backward before it
-and then computes in transposed (cache-hostile) order. Each primitive here is one custom VJP whose backward is
-a few fused passes over the activations. Results equal the autodiff of the 'xla' backend's formulas to float
-rounding (tests/models/test_cpu_backend.py).
+XLA's CPU backend runs the convolutions of MobileNetV2 several times slower than the same maths as multiply-adds
+and matmuls, and autodiff of the multiply-add forms is slower still: the transpose of a strided slice is a padded
+scatter per tap, and the weight gradient of a 1x1 convolution asks for a transposed copy of its output gradient,
+which XLA fuses with the whole BatchNorm/depthwise backward before it and then computes in transposed
+(cache-hostile) order. Each primitive here is one custom VJP whose backward is a few fused passes over the
+activations. Results equal the autodiff of the 'xla' backend's formulas to float rounding
+(tests/models/test_cpu_backend.py).
 
 For the BatchNorm-folded inference network it also owns the block-level fusions (the stem as broadcast
-multiply-adds, the expansion matmul on its depthwise conv's padded grid), the batch loop and the compiler
-options.
+multiply-adds, the expansion matmul on its depthwise conv's padded grid), the batch loop over pairs of images and
+the compiler options. `CpuBackend` presents all of it as the `Backend` protocol.
 
 Layouts: activations NHWC; depthwise kernel `[k, k, C]`; pointwise kernel `[C_in, C_out]`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import operator
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from mv2jax.models.activations import apply_act, slope_one
+from mv2jax.models.activations import apply_act
 from mv2jax.models.backends import xla
+from mv2jax.models.backends.base import ConvParams, conv_bias_act
+from mv2jax.models.folded import ConvSpec, FusedBlock
 
 
 def _tap(x: jax.Array, i: int, j: int, stride: int, out_h: int, out_w: int) -> jax.Array:
@@ -38,12 +43,8 @@ def _taps(x: jax.Array, w: jax.Array, stride: int, out_h: int, out_w: int) -> ja
     accumulated in float32 or wider (bf16 inputs: one rounding of the result, as a convolution's)."""
     k, acc = w.shape[0], _accumulator(x.dtype)
     xa, wa = x.astype(acc), w.astype(acc)
-    out = None
-    for i in range(k):
-        for j in range(k):
-            term = _tap(xa, i, j, stride, out_h, out_w) * wa[i, j]
-            out = term if out is None else out + term
-    return out.astype(x.dtype)
+    terms = (_tap(xa, i, j, stride, out_h, out_w) * wa[i, j] for i in range(k) for j in range(k))
+    return functools.reduce(operator.add, terms).astype(x.dtype)
 
 
 def _accumulator(dtype) -> jnp.dtype:
@@ -83,17 +84,13 @@ def _depthwise_fwd(x, w, stride, pad):
 def _materialized(fn, *args: jax.Array, probe: jax.Array) -> jax.Array:
     """fn(*args), computed once into a buffer of its own.
 
-    XLA:CPU counts elementwise work as cheap and fuses it into every consumer. The k*k taps of a depthwise output
-    went into six fusions per layer in a train step (the BatchNorm statistics and normalisation, and in the
-    backward the ReLU6 mask, the sums, dx, the padded dy), each re-reading the padded input, 4x the output at
-    stride 2; the BatchNorm backward's dx before a depthwise layer went into its padded copy and into the
-    weight gradient's reduce, once per tap. A conditional's result is a buffer, so its consumers read it instead:
-    a mobilenetv2_100 batch-32 train step took ~1.10 s instead of ~1.36 s on 2 cores for the depthwise outputs,
-    and ~2% less again for the BatchNorm dx. Both branches are the same computation, so the predicate (is the
-    first element of `probe` not NaN), which XLA cannot fold away, does not change the result; `probe` is a
-    small parameter, so under sharding the predicate needs no communication. (`lax.optimization_barrier` is
-    dropped before fusion, a reduce over stacked taps is simplified back into adds, and a conditional that only
-    returns its operand is removed.)"""
+    XLA:CPU counts elementwise work as cheap and fuses it into every consumer: a depthwise output's k*k taps would
+    be recomputed in each of the BatchNorm passes that read it, forward and backward, and the BatchNorm
+    backward's dx once per tap of the depthwise weight gradient after it. A conditional's result is a buffer XLA
+    will not fuse across, so its consumers read it instead. Both branches are the same computation and the
+    predicate (is the first element of `probe` not NaN) cannot be folded away by XLA, so the result is `fn`'s;
+    `probe` is a small parameter, so under sharding the predicate needs no communication. A conditional is the
+    one construct that survives XLA's passes here: `lax.optimization_barrier` is dropped before fusion."""
     first = probe.reshape(-1)[0]
     return jax.lax.cond(first == first, fn, fn, *args)
 
@@ -122,11 +119,10 @@ ROW_SUMS_MIN_ELEMENTS = 1 << 18
 def _depthwise_weight_grad(xp: jax.Array, dy: jax.Array, k: int, stride: int) -> jax.Array:
     """dw[i, j] = sum over n, h, w of the (i, j) tap's input (of the padded `xp`) times dy: `[k, k, C]`.
 
-    One variadic reduce sums all k*k products in a single pass (one fusion: ~2x faster to run and to compile than
+    One variadic reduce sums all k*k products in a single pass (one fusion, faster to run and to compile than
     k*k separate reductions). For large activations (the 112x112 and 56x56 layers) that reduce sums over rows
-    only, leaving `[N, W, C]` per tap for a second, small reduce: XLA:CPU's reduce over rows and columns at once
-    runs 1.5-2x slower there (the 112x112 layers: 30 -> 15 ms and 46 -> 22 ms at batch 32) and was faster than
-    a loop over pairs of examples too."""
+    only, leaving `[N, W, C]` per tap for a second, small reduce: XLA:CPU reduces over rows and columns at once
+    more slowly there."""
     n, oh, ow, c = dy.shape
     acc = _accumulator(dy.dtype)  # bf16 activations: products and sums in float32
     xp, dy = xp.astype(acc), dy.astype(acc)
@@ -165,7 +161,7 @@ pointwise_conv.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
 # The jitted helpers below trace once per distinct shape rather than once per layer (many layers share
-# shapes): ~1 ms of Python per traced jnp op adds up to seconds in a train step's trace.
+# shapes): the Python of tracing each jnp op, once per layer, adds up to seconds in a train step's trace.
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _bn_forward(xg, weight, bias, eps, act):
     mean = jnp.mean(xg, axis=(1, 2, 3), keepdims=True)
@@ -208,7 +204,7 @@ def _bn_bwd(eps, act, res, cotangents):
 def _bn_backward(xg, weight, bias, mean, rstd, dy, act):
     if act is not None:  # recomputing the mask reads xg, which the statistics below read anyway
         z = _bn_apply(xg, weight, bias, mean, rstd, None)  # as the forward computed it
-        dy = jnp.where(slope_one(z, act), dy, 0.0)
+        dy = jnp.where(_slope_one(z, act), dy, 0.0)
     n = xg.shape[1] * xg.shape[2] * xg.shape[3]
     sum_dy = jnp.sum(dy, axis=(1, 2, 3), keepdims=True)
     sum_dy_xhat = jnp.sum(dy * (xg - mean), axis=(1, 2, 3), keepdims=True) * rstd
@@ -224,6 +220,16 @@ def _bn_backward(xg, weight, bias, mean, rstd, dy, act):
 batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
 
 
+def _slope_one(z: jax.Array, act: str) -> jax.Array:
+    """Where `act` has slope 1 at its input `z` (0 elsewhere, boundaries included, as PyTorch's backward): the
+    derivative of the piecewise-linear activations as a mask."""
+    if act == "relu6":
+        return (z > 0.0) & (z < 6.0)
+    if act == "relu":
+        return z > 0.0
+    raise ValueError(f"no derivative mask for activation {act!r}")
+
+
 def conv2d(x: jax.Array, w: jax.Array, stride: int, padding: int, groups: int) -> jax.Array:
     """NHWC `x` convolved with HWIO `w` (symmetric zero `padding`): a 1x1 convolution as a matmul, a depthwise
     one as k*k shifted multiply-adds, a dense k x k one (the stem) as a matmul of im2col patches; other grouped
@@ -232,15 +238,15 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int, padding: int, groups: int) -
         return pointwise_conv(x[:, ::stride, ::stride, :] if stride > 1 else x, w[0, 0])
     if 1 < groups == x.shape[-1] == w.shape[-1]:
         return depthwise_conv(x, w[:, :, 0], stride, padding)
-    if groups == 1:  # XLA:CPU's dense convolution is ~10x slower than im2col and a matmul here
+    if groups == 1:  # XLA:CPU's dense convolution is much slower than im2col and a matmul here
         return pointwise_conv(patches(x, w.shape[0], stride, padding), w.reshape(-1, w.shape[-1]))
     return xla.conv2d(x, w, stride, padding, groups)
 
 
-# The fused inference network: a batch loops over pairs of images, so each pair's activations (the 6x-expanded
-# ones included) stay in cache from one layer to the next. XLA's own dot emitter, not its YNNPACK dot fusions
-# (slower on these small matmuls), and 512-bit vectors where the CPU has them (LLVM prefers 256 bits on AVX-512
-# CPUs otherwise; ignored without AVX-512).
+# The fused inference network on one device loops over pairs of images, so each pair's activations (the
+# 6x-expanded ones included) stay in cache from one layer to the next. XLA's own dot emitter, not its YNNPACK dot
+# fusions (slower on these small matmuls), and 512-bit vectors where the CPU has them (LLVM prefers 256 bits on
+# AVX-512 CPUs otherwise; ignored without AVX-512).
 INFERENCE_BATCH_CHUNK = 2
 INFERENCE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_prefer_vector_width": 512}
 # Inverted residuals whose input has at least this many positions (the 112x112 and 56x56 stages) take the padding
@@ -249,13 +255,13 @@ INFERENCE_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "", "xla_c
 PAD_INTO_EXPAND_MIN_POSITIONS = 56 * 56
 
 
-def folded_conv(x: jax.Array, p: dict, spec) -> jax.Array:
+def folded_conv(x: jax.Array, p: ConvParams, spec: ConvSpec) -> jax.Array:
     """One BatchNorm-folded convolution and its activation. A dense convolution with few inputs per output
-    (the stem: k*k*C_in <= 64) is k*k*C_in broadcast multiply-adds in one fusion; XLA's dense conv is ~2x
-    slower there, an im2col matmul ~2.5x at batch 1."""
+    (the stem: k*k*C_in <= 64) is k*k*C_in broadcast multiply-adds in one fusion, faster there than XLA's dense
+    convolution or an im2col matmul."""
     k = spec.kernel_size
     if spec.depthwise or k == 1 or x.shape[-1] * k * k > 64:
-        return xla.folded_conv(x, p, spec, conv=conv2d)
+        return conv_bias_act(conv2d, x, p, spec)
     w, b = p["weight"].astype(x.dtype), p["bias"].astype(x.dtype)
     xp, s = _pad_hw(x, spec.padding), spec.stride
     oh, ow = (xp.shape[1] - k) // s + 1, (xp.shape[2] - k) // s + 1
@@ -270,19 +276,21 @@ def folded_conv(x: jax.Array, p: dict, spec) -> jax.Array:
     return apply_act(terms[0] + b, spec.act)
 
 
-def folded_block(x: jax.Array, params: list[dict], convs: tuple) -> jax.Array:
+def folded_block(x: jax.Array, params: Sequence[ConvParams], block: FusedBlock) -> jax.Array:
     """A block's folded convolutions (its residual is added by the caller). On the large grids an inverted
     residual's expansion is computed on its depthwise conv's padded grid (`_expand_padded`)."""
-    if len(convs) == 3 and x.shape[1] * x.shape[2] >= PAD_INTO_EXPAND_MIN_POSITIONS:
-        pw, dw, pwl = convs
+    if block.kind == "ir" and x.shape[1] * x.shape[2] >= PAD_INTO_EXPAND_MIN_POSITIONS:
+        pw, dw, pwl = block.convs
         z = _expand_padded(x, params[0], dw.padding)
         w, b = params[1]["weight"].astype(x.dtype), params[1]["bias"].astype(x.dtype)
         x = apply_act(_depthwise_padded(apply_act(z, pw.act), w[:, :, 0], dw.stride) + b, dw.act)
         return folded_conv(x, params[2], pwl)
-    return xla.folded_block(x, params, convs, layer=folded_conv)
+    for spec, p in zip(block.convs, params, strict=True):
+        x = folded_conv(x, p, spec)
+    return x
 
 
-def _expand_padded(x: jax.Array, p: dict, pad: int) -> jax.Array:
+def _expand_padded(x: jax.Array, p: ConvParams, pad: int) -> jax.Array:
     """The expansion 1x1 conv's pre-activation on the zero-padded grid its depthwise conv reads. `x` gets a
     channel of ones (zeros in the padding) that multiplies the bias, so the border comes out exactly 0 (and
     the activation keeps 0 at 0) and the depthwise taps read the activation of the matmul directly: the separate
@@ -291,3 +299,43 @@ def _expand_padded(x: jax.Array, p: dict, pad: int) -> jax.Array:
     ones = jnp.ones((*x.shape[:-1], 1), x.dtype)
     xa = _pad_hw(jnp.concatenate([x, ones], axis=-1), pad)
     return pointwise_conv(xa, jnp.concatenate([w, b[None]], axis=0))
+
+
+def chunked(fn: Callable[[jax.Array], jax.Array], x: jax.Array, chunk: int) -> jax.Array:
+    """`fn(x)` computed over groups of `chunk` examples in a loop (the batch padded to a multiple of `chunk`)."""
+    n = x.shape[0]
+    if chunk <= 0 or n <= chunk:
+        return fn(x)
+    pad = -n % chunk
+    if pad:
+        x = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
+    out = jax.lax.map(fn, x.reshape(-1, chunk, *x.shape[1:]))
+    return out.reshape(-1, *out.shape[2:])[:n]
+
+
+def _batch_chunk(devices: int) -> int:
+    # A loop over groups of images would cut across a batch sharded over several devices: whole batch there.
+    return INFERENCE_BATCH_CHUNK if devices == 1 else 0
+
+
+def run_batch(forward: Callable[[jax.Array], jax.Array], x: jax.Array, devices: int) -> jax.Array:
+    """`forward(x)`: on one device over pairs of images in a loop, sharded over several devices at once."""
+    return chunked(forward, x, _batch_chunk(devices))
+
+
+def loops_over_batch(batch: int, devices: int) -> bool:
+    return 0 < _batch_chunk(devices) < batch
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuBackend:
+    """The 'cpu' backend as an object of the `Backend` protocol."""
+
+    name = "cpu"
+    inference_compiler_options = INFERENCE_COMPILER_OPTIONS
+    conv2d = staticmethod(conv2d)
+    batch_norm_train = staticmethod(batch_norm_train)
+    folded_conv = staticmethod(folded_conv)
+    folded_block = staticmethod(folded_block)
+    run_batch = staticmethod(run_batch)
+    loops_over_batch = staticmethod(loops_over_batch)

@@ -9,16 +9,15 @@ Layouts: activations NHWC, kernels HWIO.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from mv2jax.models.activations import apply_act
-
-# The fused inference network: the whole batch at once, the compiler's defaults.
-INFERENCE_BATCH_CHUNK = 0
-INFERENCE_COMPILER_OPTIONS = None
+from mv2jax.models.backends.base import ConvParams, conv_bias_act
+from mv2jax.models.folded import ConvSpec, FusedBlock
 
 
 def conv2d(x: jax.Array, w: jax.Array, stride: int, padding: int, groups: int) -> jax.Array:
@@ -48,16 +47,36 @@ def batch_norm_train(
     return y, *stats
 
 
-def folded_conv(x: jax.Array, p: dict, spec, conv: Callable = conv2d) -> jax.Array:
-    """One BatchNorm-folded convolution (`p`: HWIO `weight`, `bias`; `spec`: a ConvSpec) and its activation,
-    the convolution computed by `conv` (this backend's `conv2d` unless given)."""
-    w, b = p["weight"].astype(x.dtype), p["bias"].astype(x.dtype)
-    groups = x.shape[-1] if spec.depthwise else 1
-    return apply_act(conv(x, w, spec.stride, spec.padding, groups) + b, spec.act)
+def folded_conv(x: jax.Array, p: ConvParams, spec: ConvSpec) -> jax.Array:
+    """One BatchNorm-folded convolution (`p`: HWIO `weight`, `bias`) and its activation."""
+    return conv_bias_act(conv2d, x, p, spec)
 
 
-def folded_block(x: jax.Array, params: list[dict], convs: tuple, layer: Callable = folded_conv) -> jax.Array:
-    """A block's folded convolutions in order, each by `layer` (its residual is added by the caller)."""
-    for spec, p in zip(convs, params, strict=True):
-        x = layer(x, p, spec)
+def folded_block(x: jax.Array, params: Sequence[ConvParams], block: FusedBlock) -> jax.Array:
+    """A block's folded convolutions in order (its residual is added by the caller)."""
+    for spec, p in zip(block.convs, params, strict=True):
+        x = folded_conv(x, p, spec)
     return x
+
+
+def run_batch(forward: Callable[[jax.Array], jax.Array], x: jax.Array, devices: int) -> jax.Array:
+    """`forward(x)`: the whole batch at once, on any number of devices."""
+    return forward(x)
+
+
+def loops_over_batch(batch: int, devices: int) -> bool:
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class XlaBackend:
+    """The 'xla' backend as an object of the `Backend` protocol; the folded network compiles with XLA's defaults."""
+
+    name = "xla"
+    inference_compiler_options = None
+    conv2d = staticmethod(conv2d)
+    batch_norm_train = staticmethod(batch_norm_train)
+    folded_conv = staticmethod(folded_conv)
+    folded_block = staticmethod(folded_block)
+    run_batch = staticmethod(run_batch)
+    loops_over_batch = staticmethod(loops_over_batch)

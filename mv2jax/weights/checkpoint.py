@@ -1,18 +1,14 @@
-"""Reading checkpoints: .safetensors (numpy only), .pth/.bin/.pt (torch, optional extra), mv2jax's orbax
-directories, and timm's Hub repos through huggingface_hub's cache."""
+"""Reading checkpoints: .safetensors (numpy only), .pth/.bin/.pt (torch, optional extra) and mv2jax's orbax
+directories, each as a timm state dict; and timm's stem adaptation to other input channels."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 
 import numpy as np
 
-from mv2jax.convert.files import read_safetensors
-
-HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TORCH_SUFFIXES = (".pth", ".bin", ".pt", ".pth.tar")
 # Keys under which training scripts nest the weights (timm's `_load_checkpoint` order).
 _NESTED_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
@@ -29,7 +25,7 @@ def read_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> dict[str,
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.is_dir():
-        from mv2jax.convert.orbax_io import read_orbax_state_dict
+        from mv2jax.weights.orbax_io import read_orbax_state_dict
 
         return read_orbax_state_dict(path, use_ema=use_ema)
     name = path.name.lower()
@@ -38,6 +34,17 @@ def read_checkpoint(path: str | os.PathLike, use_ema: bool = False) -> dict[str,
     if name.endswith(TORCH_SUFFIXES):
         return _read_torch(path, use_ema)
     raise ValueError(f"cannot read checkpoint {path}: expected .safetensors, .pth, .bin, .pt or an mv2jax directory")
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A safetensors file -> {name: numpy array} (numpy only); one clear error for a damaged file."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return dict(load_file(str(path)))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e}); re-download or re-export it") from e
 
 
 def _read_torch(path: Path, use_ema: bool) -> dict[str, np.ndarray]:
@@ -77,38 +84,3 @@ def adapt_input_conv(in_chans: int, weight: np.ndarray) -> np.ndarray:
         repeat = int(math.ceil(in_chans / 3))
         w = np.tile(w, (1, repeat, 1, 1))[:, :in_chans] * (3 / float(in_chans))
     return w.astype(dtype)
-
-
-def hub_download(repo_id: str, filename: str) -> str:
-    """A file of a Hub repo through huggingface_hub's cache (HF_HOME / HF_HUB_CACHE; HF_HUB_OFFLINE=1 reads
-    the cache only). Raises one clear error saying which file to fetch and how to pass it."""
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return hf_hub_download(repo_id=repo_id, filename=filename)
-    except Exception as e:  # offline, missing file, auth: all reported the same way
-        raise OSError(
-            f"could not get {filename} of Hub repo {repo_id} ({type(e).__name__}). On a connected machine run "
-            f"`hf download {repo_id} {filename}` and pass the file as checkpoint_path=, or point HF_HOME at a "
-            "cache that holds it"
-        ) from e
-
-
-def hub_weights(repo_id: str) -> str:
-    """The repo's safetensors weights, or its pytorch_model.bin where only that exists."""
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    try:
-        return hub_download(repo_id, HUB_WEIGHT_FILES[0])
-    except OSError as e:
-        cause = e.__cause__
-        # The repo answered that it has no safetensors file (not: the Hub could not be reached).
-        if isinstance(cause, EntryNotFoundError) and not isinstance(cause, LocalEntryNotFoundError):
-            return hub_download(repo_id, HUB_WEIGHT_FILES[1])
-        raise
-
-
-def hub_config(repo_id: str) -> dict:
-    """timm's config.json of a Hub repo (`architecture`, `num_classes`, `pretrained_cfg`, ...)."""
-    with open(hub_download(repo_id, "config.json")) as f:
-        return json.load(f)

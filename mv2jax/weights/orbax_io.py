@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mv2jax.convert.state_dict import to_timm_layout
+from mv2jax.weights.state_dict import to_timm_layout
 
 
 def _checkpointer():
@@ -67,16 +67,25 @@ def read_orbax(path: str | os.PathLike) -> tuple[dict, dict]:
         restored = ckpt.restore(path, args)
     except Exception as e:  # orbax raises several types for a foreign or partial directory
         raise ValueError(f"{path} is not an mv2jax (orbax) checkpoint directory ({type(e).__name__}: {e})") from e
+    if "state" not in restored:
+        raise ValueError(f"{path} is not an mv2jax (orbax) checkpoint directory (it has no 'state' item)")
     return restored["state"], dict(restored.get("meta") or {})
 
 
-def read_orbax_state_dict(path: str | os.PathLike, use_ema: bool = False) -> dict[str, np.ndarray]:
-    """An mv2jax checkpoint directory -> timm state dict (torch layout); the EMA weights with `use_ema`."""
-    state, _ = read_orbax(path)
+def read_orbax_weights(path: str | os.PathLike, use_ema: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+    """An mv2jax checkpoint directory -> (timm state dict in torch layout, its meta); the EMA weights with
+    `use_ema`."""
+    state, meta = read_orbax(path)
     key = "ema" if use_ema else "model"
     if key not in state:
         raise ValueError(f"{path} has no {key!r} weights (it has {', '.join(state)})")
     flat = flatten_tree(state[key])
-    return {
+    state_dict = {
         k: to_timm_layout(k, v.astype(np.int64) if k.endswith("num_batches_tracked") else v) for k, v in flat.items()
     }
+    return state_dict, meta
+
+
+def read_orbax_state_dict(path: str | os.PathLike, use_ema: bool = False) -> dict[str, np.ndarray]:
+    """An mv2jax checkpoint directory -> timm state dict (torch layout); the EMA weights with `use_ema`."""
+    return read_orbax_weights(path, use_ema)[0]

@@ -1,0 +1,31 @@
+"""Weights below the models: checkpoint readers (safetensors, torch files, mv2jax's orbax directories), timm's Hub
+cache, and the timm <-> mv2jax state-dict mapping. Nothing here imports the models or anything above them."""
+
+from mv2jax.weights.checkpoint import adapt_input_conv, read_checkpoint, read_safetensors
+from mv2jax.weights.hub import hub_config, hub_download, hub_weights
+from mv2jax.weights.orbax_io import read_orbax, read_orbax_state_dict, read_orbax_weights, write_orbax_state
+from mv2jax.weights.state_dict import (
+    CheckpointMismatchError,
+    check_state_dict,
+    model_variables,
+    mv2jax_to_timm,
+    timm_to_mv2jax,
+)
+
+__all__ = [
+    "CheckpointMismatchError",
+    "adapt_input_conv",
+    "check_state_dict",
+    "hub_config",
+    "hub_download",
+    "hub_weights",
+    "model_variables",
+    "mv2jax_to_timm",
+    "read_checkpoint",
+    "read_orbax",
+    "read_orbax_state_dict",
+    "read_orbax_weights",
+    "read_safetensors",
+    "timm_to_mv2jax",
+    "write_orbax_state",
+]
