@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Train a timm MobileNetV2 in JAX with timm's train.py flags: `python train.py --help`.
 
-No arguments: a quick demo run (mobilenetv2_035 on the embedded digits dataset, a few minutes on a CPU).
-Exit codes: 0 done (or stopped by SIGTERM after saving a checkpoint: rerun the same command to resume),
-1 training diverged (non-finite loss; the last checkpoint is intact), 2 bad configuration, 130 interrupted (Ctrl-C).
+No dataset (no --data-dir or --dataset): a quick demo run (mobilenetv2_035 on the embedded digits dataset, a few
+minutes on a CPU), changed by any flags given (`python train.py --epochs 30`).
+Exit codes: 0 done (or stopped by SIGTERM after saving a checkpoint), 1 training diverged (non-finite loss; the last
+checkpoint is intact), 2 bad configuration, 130 interrupted (Ctrl-C). A first Ctrl-C stops at the next update (after
+a compilation, an eval or a checkpoint write in progress), saves a checkpoint there and names it in one line on
+stderr; a second stops at once without saving. After either signal, rerun the same command to resume exactly.
 `kill -USR1 PID` prints the stack of every thread to stderr (to see where a stuck run waits).
 """
 
@@ -13,9 +16,10 @@ import faulthandler
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from mv2jax.cli import cli_main
-from mv2jax.train.config import parse_config
+from mv2jax.cli import EXIT_INTERRUPTED, cli_main
+from mv2jax.train.config import TrainConfig, check_paths, parse_config
 
 
 def _metrics_text(name: str, metrics: dict | None) -> str:
@@ -24,10 +28,21 @@ def _metrics_text(name: str, metrics: dict | None) -> str:
     return f"{name} top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% loss {metrics['loss']:.4f}"
 
 
+def _resume_hint(config: TrainConfig, run_dir: Path | None = None) -> str:
+    """How to go on from the run's last checkpoint: the same command, unless it names another starting point."""
+    changes = []
+    if config.resume:
+        changes.append(f"with --resume {run_dir or '<run directory>'} in place of --resume {config.resume}")
+    if config.start_epoch is not None:
+        changes.append("without --start-epoch")
+    return " ".join(["rerun the same command", *changes, "to resume"])
+
+
 @cli_main("train.py")
 def main(argv: Sequence[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     config = parse_config(argv)
+    check_paths(config)
     from mv2jax.train.loop import train  # after parsing: --help and flag errors need no JAX
 
     try:
@@ -35,12 +50,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FloatingPointError as e:
         print(f"train.py: stopped: {e}", file=sys.stderr, flush=True)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C
+        hint = _resume_hint(config)
+        print(f"train.py: interrupted: stopped at once; {hint} from the last checkpoint", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     if result.preempted:
-        print(
-            f"SIGTERM: checkpoint saved at update {result.step} (epoch {result.epochs_done}) in "
-            f"{result.run_dir}; rerun the same command to resume",
-            flush=True,
-        )
+        saved = f"checkpoint saved at update {result.step} (epoch {result.epochs_done}) in {result.run_dir}"
+        hint = _resume_hint(config, result.run_dir)
+        if result.interrupted:
+            print(f"train.py: interrupted: {saved}; {hint}", file=sys.stderr, flush=True)
+            return EXIT_INTERRUPTED
+        print(f"SIGTERM: {saved}; {hint}", flush=True)
         return 0
     lines = [_metrics_text("raw", result.eval), _metrics_text("EMA", result.eval_ema)]
     best = f", best checkpoint: checkpoints/{result.best_step}" if result.best_step is not None else ""

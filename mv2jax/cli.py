@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import NoReturn
+
+from mv2jax.signals import ForwardToMain, tolerate_closed_pipes
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
@@ -46,19 +50,24 @@ class CliParser(argparse.ArgumentParser):
 def cli_main(prog: str) -> Callable[[Main], Main]:
     """Decorates a command line's `main(argv) -> exit code`: a user error (`USER_ERRORS`) becomes one line,
     `PROG: error: MESSAGE`, on stderr and exit code 2; Ctrl-C becomes `PROG: interrupted` and exit code 130. Both
-    without a traceback. The exit codes `main` returns itself (e.g. 1, a failed verification) pass through."""
+    without a traceback. The exit codes `main` returns itself (e.g. 1, a failed verification) pass through.
+    While `main` runs, SIGINT is blocked in every thread and process it starts and raised in the main thread only
+    (`mv2jax.signals.ForwardToMain`: its data-loading workers never see the terminal's Ctrl-C), and a closed stdout
+    or stderr pipe swallows writes instead of failing (`tolerate_closed_pipes`)."""
 
     def decorate(main: Main) -> Main:
         @functools.wraps(main)
         def run(*args, **kwargs) -> int:
-            try:
-                return main(*args, **kwargs)
-            except USER_ERRORS as e:
-                print(f"{prog}: error: {one_line(e) or type(e).__name__}", file=sys.stderr, flush=True)
-                return EXIT_BAD_INPUT
-            except KeyboardInterrupt:
-                print(f"{prog}: interrupted", file=sys.stderr, flush=True)
-                return EXIT_INTERRUPTED
+            with tolerate_closed_pipes():
+                try:
+                    with ForwardToMain([signal.SIGINT]):  # data-loading workers never see a Ctrl-C
+                        return main(*args, **kwargs)
+                except USER_ERRORS as e:
+                    print(f"{prog}: error: {one_line(e) or type(e).__name__}", file=sys.stderr, flush=True)
+                    return EXIT_BAD_INPUT
+                except KeyboardInterrupt:
+                    print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+                    return EXIT_INTERRUPTED
 
         return run
 
@@ -115,6 +124,46 @@ def add_data_config_args(parser: argparse.ArgumentParser) -> None:
     add("--mean", type=float, nargs="+", metavar="MEAN", help="Override mean pixel value of dataset")
     add("--std", type=float, nargs="+", metavar="STD", help="Override std deviation of of dataset")
     add("--interpolation", default="", metavar="NAME", help="Image resize interpolation type (overrides model)")
+
+
+def check_minimum(flag: str, value: float | None, minimum: float) -> None:
+    """ValueError unless `value` (the value of `flag`) is None or at least `minimum`."""
+    if value is not None and value < minimum:
+        raise ValueError(f"{flag} must be >= {minimum}, got {value}")
+
+
+def check_exists(flag: str, path: str | None) -> None:
+    """FileNotFoundError naming `flag` unless `path` is empty or exists (a file or a directory)."""
+    if path and not os.path.exists(path):
+        raise FileNotFoundError(f"{flag} {path}: no such file or directory")
+
+
+MIN_IMG_SIZE = 32  # MobileNetV2's output stride: a smaller image leaves its last stage without a pixel
+
+
+def check_img_size(img_size: int | None) -> None:
+    """ValueError unless `img_size` (the `--img-size` value) is None or at least `MIN_IMG_SIZE`."""
+    if img_size is not None and img_size < MIN_IMG_SIZE:
+        raise ValueError(f"--img-size {img_size} is below MobileNetV2's minimum of {MIN_IMG_SIZE} (its output stride)")
+
+
+def check_data_config_args(args: object) -> None:
+    """timm's data-config sizes (`--img-size`, `--input-size`, `--crop-pct`) on `args`, an argparse namespace or a
+    config object, checked before any work: ValueError naming the flag. Absent or None values are not checked."""
+    check_img_size(getattr(args, "img_size", None))
+    input_size = getattr(args, "input_size", None)
+    if input_size is not None:
+        if len(input_size) != 3:
+            raise ValueError(f"--input-size takes 3 values C H W (e.g. 3 224 224), got {len(input_size)}")
+        chans, height, width = input_size
+        if chans < 1 or min(height, width) < MIN_IMG_SIZE:
+            raise ValueError(
+                f"--input-size {chans} {height} {width}: needs at least 1 channel and a height and width of at least "
+                f"{MIN_IMG_SIZE} (MobileNetV2's output stride)"
+            )
+    crop_pct = getattr(args, "crop_pct", None)
+    if crop_pct is not None and not crop_pct > 0:
+        raise ValueError(f"--crop-pct must be > 0 (e.g. 0.875), got {crop_pct}")
 
 
 CONV_IMPL_HELP = (

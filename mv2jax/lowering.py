@@ -113,7 +113,7 @@ def build_steps(config, num_classes: int = 10, devices: Sequence[jax.Device] | N
 
     mesh = create_mesh(devices)
     global_batch = config.batch_size * num_data_devices(mesh)
-    model = train_run._create_model(config, num_classes)
+    model = train_run._create_model(config, num_classes).model
     tx, schedule, _ = train_run._optimizer(config, 1000, global_batch, lambda *_: None)
     graphdef, state = create_train_state(model, tx, use_ema=config.model_ema)
     step_config = train_run._step_config(config, mesh, lambda *_: None)

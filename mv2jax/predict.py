@@ -1,8 +1,11 @@
 """`python -m mv2jax.predict IMAGE...`: the top-5 classes of each image, from a model (name + --pretrained, or
 --checkpoint) or from an exported artifact (--artifact FILE, preprocessed as its sidecar says). Images go through
-timm's eval transform; 1000-class models are labelled with ImageNet-1k's class names.
+timm's eval transform. Classes are named as the model records them: a train.py checkpoint's class names (its
+ImageFolder's folder names), an artifact sidecar's, ImageNet-1k's for timm's published weights; else `class (i)`.
 
-Exit codes: 0 done, 2 bad input (one line on stderr).
+Exit codes: 0 every image classified; 1 an image could not be read (one line on stderr naming it; the other images'
+results are still printed); 2 bad command line, missing image file or model (one line on stderr, nothing run); 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -10,46 +13,68 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from mv2jax.cli import CliParser, add_model_source_args, cli_main
+from mv2jax.cli import CliParser, add_model_source_args, check_img_size, cli_main, one_line
+from mv2jax.data.imagenet import imagenet_class_names as imagenet_class_names
 
 PROG = "mv2jax.predict"
 TOPK = 5
-IMAGENET_CLASSES_FILE = "imagenet_classes.txt"  # in mv2jax.data: one name per line, in class-index order
+UNNAMED_CLASS = "class"  # printed for a model whose class names are not recorded
 
 
-def imagenet_class_names() -> list[str]:
-    """ImageNet-1k's 1000 class names (timm's `ImageNetInfo` descriptions), by class index."""
-    return resources.files("mv2jax.data").joinpath(IMAGENET_CLASSES_FILE).read_text().splitlines()
+EXIT_OK, EXIT_IMAGE_FAILED = 0, 1
+EXIT_CODES = """exit codes:
+  0    every image classified
+  1    an image could not be read: one line on stderr names it; the other images' results are printed
+  2    bad command line, missing image file or model: one line on stderr, nothing run
+  130  interrupted (Ctrl-C)
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CliParser(PROG, description="Top-5 ImageNet classes of images.")
+    p = CliParser(
+        PROG,
+        description="Top-5 classes of images, named as the model records them.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads)")
     add_model_source_args(p)
     p.add_argument("--artifact", metavar="FILE", help="an artifact written by python -m mv2jax.export")
-    p.add_argument("--img-size", type=int, metavar="N", help="model input size (default: the model's; not artifacts)")
+    p.add_argument(
+        "--img-size",
+        type=int,
+        metavar="N",
+        help="model input size (default: the size a train.py checkpoint trained at, else the model's; not artifacts)",
+    )
     return p
 
 
-def predictor(args: argparse.Namespace) -> tuple[Callable[[np.ndarray], np.ndarray], dict, int]:
-    """(logits of an NHWC batch, preprocessing config, class count) for the chosen model source."""
-    from mv2jax.export import data_config, load_artifact, load_model
+def predictor(args: argparse.Namespace) -> tuple[Callable[[np.ndarray], np.ndarray], dict, list[str]]:
+    """(logits of an NHWC batch, preprocessing config, one name per class) for the chosen model source."""
+    from mv2jax.export import class_names, data_config, load_artifact, load_model
 
     if args.artifact:
         if args.model or args.pretrained or args.checkpoint or args.img_size:
             raise ValueError("--artifact carries its own model and input size: drop --model/--pretrained/--checkpoint")
         run, sidecar = load_artifact(args.artifact)
-        return fixed_batches(run, sidecar["batch_size"]), sidecar, sidecar["num_classes"]
+        names = class_labels(sidecar["num_classes"], sidecar["class_names"])
+        return fixed_batches(run, sidecar["batch_size"]), sidecar, names
     from mv2jax.models import fuse_for_inference
 
-    model = load_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, use_ema=args.use_ema)
+    loaded = load_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, use_ema=args.use_ema)
+    model, meta = loaded.model, loaded.meta
     fused = fuse_for_inference(model)
-    return (lambda x: np.asarray(fused(x))), data_config(model, args.img_size), model.num_classes
+    config = data_config(model, args.img_size, trained=meta.data_config)
+    return (lambda x: np.asarray(fused(x))), config, class_labels(model.num_classes, class_names(meta))
+
+
+def class_labels(num_classes: int, names: Sequence[str] | None) -> list[str]:
+    """The name printed for each class index: the model's, else `class` (the index follows it anyway)."""
+    return list(names) if names else [UNNAMED_CLASS] * num_classes
 
 
 def fixed_batches(run: Callable[[np.ndarray], np.ndarray], batch_size: int | None) -> Callable:
@@ -76,21 +101,37 @@ def top_k(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
 @cli_main(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from mv2jax.export import load_images
-
+    check_img_size(args.img_size)
     for image in args.images:
         if not Path(image).is_file():
             raise FileNotFoundError(f"image {image} does not exist")
-    run, config, num_classes = predictor(args)
+    run, config, names = predictor(args)
+    num_classes = len(names)
     if num_classes == 0:
         raise ValueError("the model has no classifier (num_classes 0): there are no classes to rank")
-    names = imagenet_class_names() if num_classes == 1000 else None
-    logits = run(load_images([Path(i) for i in args.images], config))
-    for image, row in zip(args.images, logits, strict=True):
+    images, batch = load_each(args.images, config)
+    logits = run(batch) if images else []
+    for image, row in zip(images, logits, strict=True):
         print(image)
         for rank, (cls, prob) in enumerate(top_k(row, min(TOPK, num_classes)), 1):
-            print(f"  {rank}. {prob:7.2%}  {names[cls] if names else 'class'} ({cls})")
-    return 0
+            print(f"  {rank}. {prob:7.2%}  {names[cls]} ({cls})")
+    return EXIT_OK if len(images) == len(args.images) else EXIT_IMAGE_FAILED
+
+
+def load_each(images: Sequence[str], config: dict) -> tuple[list[str], np.ndarray]:
+    """(the images that could be read, their NHWC batch through the eval transform for `config`). Each one that
+    could not is reported as one line on stderr naming it, and left out."""
+    from mv2jax.export import load_images
+
+    good, arrays = [], []
+    for image in images:
+        try:
+            arrays.append(load_images([Path(image)], config)[0])
+        except (OSError, ValueError) as e:
+            print(f"{PROG}: error: {one_line(e)}", file=sys.stderr, flush=True)
+            continue
+        good.append(image)
+    return good, np.stack(arrays) if arrays else np.zeros((0,))
 
 
 if __name__ == "__main__":

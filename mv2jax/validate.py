@@ -22,7 +22,7 @@ import logging
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -30,8 +30,24 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mv2jax.cli import CliParser, add_conv_impl_arg, add_data_config_args, add_model_source_args, cli_main
-from mv2jax.data import create_dataset, create_eval_transform, create_loader, resolve_data_config, to_global_batch
+from mv2jax.cli import (
+    CliParser,
+    add_conv_impl_arg,
+    add_data_config_args,
+    add_model_source_args,
+    check_data_config_args,
+    check_exists,
+    check_minimum,
+    cli_main,
+)
+from mv2jax.data import (
+    create_dataset,
+    create_eval_transform,
+    create_loader,
+    resolve_data_config,
+    to_global_batch,
+    with_trained_config,
+)
 from mv2jax.data.datasets import DATASET_NAMES_HELP
 from mv2jax.mesh import batch_sharding, create_mesh, replicated
 from mv2jax.metrics import averages, example_metrics, masked_sums, top_k_correct
@@ -101,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every value checked before any work (ValueError/FileNotFoundError naming the flag: one line, exit 2)."""
+    check_minimum("--batch-size", args.batch_size, 1)
+    check_minimum("--workers", args.workers, 0)
+    check_minimum("--num-classes", args.num_classes, 1)
+    check_minimum("--log-freq", args.log_freq, 1)
+    check_minimum("--crop-border-pixels", args.crop_border_pixels, 0)
+    check_data_config_args(args)
+    if args.data and args.data_dir and args.data != args.data_dir:
+        raise ValueError(f"dataset path given twice: positional {args.data!r} and --data-dir {args.data_dir!r}")
+    check_exists("--data-dir", args.data or args.data_dir)
+    check_exists("--checkpoint", args.checkpoint)
+
+
 # --- model, data -----------------------------------------------------------------------------------------------
 
 
@@ -127,12 +157,16 @@ def param_count(model: nnx.Module) -> int:
     return int(sum(np.size(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
-def resolve_eval_config(args: argparse.Namespace, model: MobileNetV2) -> dict[str, Any]:
-    """timm's `resolve_data_config(vars(args), model=model, use_test_size=not args.use_train_size)`."""
+def resolve_eval_config(
+    args: argparse.Namespace, model: MobileNetV2, trained: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """timm's `resolve_data_config(vars(args), model=model, use_test_size=not args.use_train_size)`, from the data
+    config the model was `trained` with (a train.py checkpoint's) where there is one: the flags override it."""
     overrides = {
         k: getattr(args, k) for k in ("input_size", "img_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
     }
-    config = resolve_data_config(model, args=overrides, use_test_size=not args.use_train_size)
+    cfg = with_trained_config(model.pretrained_cfg, trained)
+    config = resolve_data_config(model, pretrained_cfg=cfg, args=overrides, use_test_size=not args.use_train_size)
     if config["input_size"][0] != 3:
         raise ValueError(f"input size {config['input_size']}: mv2jax.validate reads RGB images (3 channels)")
     _logger.info("Data processing configuration for current model + dataset:")
@@ -141,12 +175,16 @@ def resolve_eval_config(args: argparse.Namespace, model: MobileNetV2) -> dict[st
     return config
 
 
-def build_eval_loader(args: argparse.Namespace, config: dict[str, Any], num_devices: int):
-    """The dataset (timm's `create_dataset` naming) and its one-pass, padded grain eval loader. A batch larger
-    than the dataset shrinks to it (rounded up to the device count), so a small set runs no idle padding."""
+def build_eval_loader(
+    args: argparse.Namespace, config: dict[str, Any], num_devices: int, class_names: Sequence[str] | None = None
+):
+    """The dataset (timm's `create_dataset` naming) and its one-pass, padded grain eval loader. An ImageFolder's
+    folders are matched by name to the model's `class_names` where it records them. A batch larger than the
+    dataset shrinks to it (rounded up to the device count), so a small set runs no idle padding."""
     if args.batch_size % num_devices:
         raise ValueError(f"--batch-size {args.batch_size} must be a multiple of the {num_devices} devices")
-    dataset = create_dataset(args.dataset, root=args.data or args.data_dir, split=args.split)
+    root, classes = args.data or args.data_dir, dict(class_names=class_names, classes_of="the model's classes")
+    dataset = create_dataset(args.dataset, root=root, split=args.split, **classes)
     transform = create_eval_transform(config, crop_border_pixels=args.crop_border_pixels)
     batch_size = min(args.batch_size, -(-len(dataset) // num_devices) * num_devices)
     loader = create_loader(dataset, transform, batch_size=batch_size, is_training=False, num_workers=args.workers)
@@ -295,9 +333,9 @@ def validate_with_predictions(args: argparse.Namespace) -> tuple[OrderedDict, Pr
     model, args.model = loaded.model, loaded.meta.name  # a checkpoint directory names its own model
     num_params = param_count(model)
     _logger.info("Model %s created, param count: %d", args.model, num_params)
-    config = resolve_eval_config(args, model)
+    config = resolve_eval_config(args, model, loaded.meta.data_config)
     mesh = create_mesh()
-    dataset, loader = build_eval_loader(args, config, mesh.devices.size)
+    dataset, loader = build_eval_loader(args, config, mesh.devices.size, loaded.meta.class_names)
     if dataset.num_classes > model.num_classes:  # timm fails at the first out-of-range label; say it up front
         raise ValueError(
             f"the dataset has {dataset.num_classes} classes, {args.model} has {model.num_classes} "
@@ -352,6 +390,7 @@ class _StderrHandler(logging.Handler):
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: progress on stderr, `--result` + JSON on stdout (as timm); user errors as one line, exit 2."""
     args = build_parser().parse_args(argv)
+    check_args(args)
     if not any(isinstance(h, _StderrHandler) for h in _logger.handlers):
         _logger.addHandler(_StderrHandler())
         _logger.setLevel(logging.INFO if jax.process_index() == 0 else logging.WARNING)

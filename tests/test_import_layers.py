@@ -20,8 +20,8 @@ ROOT = "mv2jax"
 # Lowest first. An entry names a module or a package (and everything under it); the longest entry that fits a
 # module decides its layer, so a command line inside a package (`mv2jax.convert.cli`) sits with the commands.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    # leaves: constants, files, caches and the device mesh (jax only)
-    ("mv2jax.constants", "mv2jax.io", "mv2jax.compile_cache", "mv2jax.host_memory", "mv2jax.mesh"),
+    # leaves: constants, files, signals, caches and the device mesh (jax only)
+    ("mv2jax.constants", "mv2jax.io", "mv2jax.signals", "mv2jax.compile_cache", "mv2jax.host_memory", "mv2jax.mesh"),
     # below the models: weights readers and the state-dict mapping; data pipelines
     ("mv2jax.weights", "mv2jax.data"),
     ("mv2jax.models",),

@@ -310,7 +310,7 @@ def test_unknown_model_missing_dir_wrong_head_and_missing_checkpoint_are_one_lin
     assert code == 2 and line.startswith(f"{PROG}: error: unknown model 'resnet50': mv2jax has mobilenetv2_035")
     missing = tmp_path / "no_such_dir"
     code, line = _run_main(capsys, "--model", MODEL, *ckpt, "--num-classes", 3, "--data-dir", missing)
-    assert code == 2 and line.startswith(f"{PROG}: error: dataset folder not found: '{missing}'")
+    assert code == 2 and line == f"{PROG}: error: --data-dir {missing}: no such file or directory"
     code, line = _run_main(capsys, "--model", MODEL, *ckpt, "--num-classes", 5, "--data-dir", tmp_path)
     assert code == 2 and line.startswith(f"{PROG}: error: checkpoint does not fit mobilenetv2_035: ")
     assert "classifier.weight (3, 1280) vs model (5, 1280)" in line
@@ -322,7 +322,8 @@ def test_unknown_model_missing_dir_wrong_head_and_missing_checkpoint_are_one_lin
     code, line = _run_main(
         capsys, "--model", MODEL, "--checkpoint", tmp_path / "nope.safetensors", "--data-dir", tmp_path
     )
-    assert code == 2 and line.startswith(f"{PROG}: error: checkpoint {tmp_path / 'nope.safetensors'} does not exist")
+    missing = tmp_path / "nope.safetensors"
+    assert code == 2 and line == f"{PROG}: error: --checkpoint {missing}: no such file or directory"
 
 
 def test_an_mv2jax_checkpoint_directory_names_its_model_and_class_count(checkpoint, tmp_path, capsys):

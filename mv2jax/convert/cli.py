@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,7 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 verification failed, 2 bad input)."""
     args = build_parser().parse_args(argv)
-    _quiet_orbax_restore()
     _check_args(args)
     image = photo_path(args.image) if args.verify else None
     if args.to_timm:
@@ -125,22 +123,3 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError("--input is for --to-timm; to import timm weights pass --checkpoint FILE")
     if args.verify and not all(importlib.util.find_spec(m) for m in ("timm", "torch")):
         raise ImportError("--verify needs timm and torch (the test extra): pip install 'mv2jax[test]'")
-
-
-class _DropMessage(logging.Filter):
-    def __init__(self, text: str):
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
-
-
-# orbax warns for every item of a checkpoint restored without explicit arguments, as `read_orbax` does.
-_ORBAX_NOISE = _DropMessage("was found in the checkpoint, but could not be restored")
-
-
-def _quiet_orbax_restore() -> None:
-    logger = logging.getLogger("absl")
-    if _ORBAX_NOISE not in logger.filters:
-        logger.addFilter(_ORBAX_NOISE)

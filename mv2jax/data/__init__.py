@@ -10,6 +10,7 @@ from mv2jax.constants import IMAGENET_DEFAULT_STD as IMAGENET_DEFAULT_STD
 from mv2jax.constants import IMAGENET_INCEPTION_MEAN as IMAGENET_INCEPTION_MEAN
 from mv2jax.constants import IMAGENET_INCEPTION_STD as IMAGENET_INCEPTION_STD
 from mv2jax.data.config import resolve_data_config as resolve_data_config
+from mv2jax.data.config import with_trained_config as with_trained_config
 from mv2jax.data.datasets import Digits as Digits
 from mv2jax.data.datasets import ImageFolder as ImageFolder
 from mv2jax.data.datasets import TfdsSource as TfdsSource

@@ -62,6 +62,18 @@ def resolve_data_config(
     }
 
 
+def with_trained_config(pretrained_cfg: Mapping[str, Any], data_config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`pretrained_cfg` with the data config a model was trained with (train.py's checkpoint meta `data_config`)
+    over it, as `resolve_data_config(pretrained_cfg=...)` takes it: the trained preprocessing becomes the default,
+    and the published weights' test-time size and crop no longer apply."""
+    cfg = dict(pretrained_cfg)
+    if data_config:
+        for key in ("test_input_size", "test_crop_pct"):
+            cfg.pop(key, None)
+        cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items() if k in DATA_CONFIG_KEYS})
+    return cfg
+
+
 def _resolve_input_size(
     args: Mapping[str, Any], cfg: Mapping[str, Any], in_chans: int, use_test_size: bool
 ) -> tuple[int, int, int]:

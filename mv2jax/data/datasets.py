@@ -2,7 +2,9 @@
 
 Every source is a sequence: `len(source)`, `source[i] -> (raw, label)` with `raw` an encoded image (`bytes`),
 a `PIL.Image` or a uint8 `[H, W, C]` numpy array, and `label` a Python int in `[0, source.num_classes)`.
-`source.describe(i)` names example `i` (a file path or a TFDS record id) for error messages. Pixels are decoded
+`source.describe(i)` names example `i` (a file path or a TFDS record id) for error messages, and
+`source.class_names` names each class index (an ImageFolder's folder names, TFDS's label names, digits '0'..'9').
+Pixels are decoded
 lazily by `decode_image`, in the loader, so an unreadable file surfaces where it is used, not when the
 dataset is listed. Sources are plain picklable objects: grain's worker processes receive a copy.
 """
@@ -32,6 +34,7 @@ class ImageSource(Protocol):
     """What the loader needs from a dataset."""
 
     num_classes: int
+    class_names: tuple[str, ...]
 
     def __len__(self) -> int: ...
 
@@ -86,10 +89,15 @@ def search_split(root: str, split: str) -> str:
     return root
 
 
-def find_images_and_targets(folder: str) -> tuple[list[tuple[str, int]], dict[str, int]]:
+def find_images_and_targets(
+    folder: str, class_names: Sequence[str] | None = None, classes_of: str = "the given classes"
+) -> tuple[list[tuple[str, int]], dict[str, int]]:
     """timm's `find_images_and_targets`: walk `folder` recursively; the leaf folder name is the class.
 
-    Classes are numbered in natural-sort order of their names; samples are natural-sorted by path.
+    Classes are numbered in natural-sort order of their names, or by their index in `class_names` when given (as
+    timm's `class_to_idx`), so that a split missing a class keeps every other label; a folder not in
+    `class_names` is a ValueError naming it (`classes_of` says whose classes they are). Samples are natural-sorted
+    by path.
     """
     labels, filenames = [], []
     for root, _, files in os.walk(folder, topdown=False, followlinks=True):
@@ -99,33 +107,51 @@ def find_images_and_targets(folder: str) -> tuple[list[tuple[str, int]], dict[st
             if os.path.splitext(f)[1].lower() in IMG_EXTENSIONS:
                 filenames.append(os.path.join(root, f))
                 labels.append(label)
-    class_to_idx = {c: i for i, c in enumerate(sorted(set(labels), key=natural_key))}
+    if class_names is None:
+        class_to_idx = {c: i for i, c in enumerate(sorted(set(labels), key=natural_key))}
+    else:
+        class_to_idx = {c: i for i, c in enumerate(class_names)}
+        unknown = sorted(set(labels) - set(class_to_idx), key=natural_key)
+        if unknown:
+            raise ValueError(
+                f"folder {unknown[0]!r} in {folder} is not one of {classes_of} ({_preview(class_names)}): "
+                "rename or remove it"
+            )
     samples = sorted(
         ((f, class_to_idx[c]) for f, c in zip(filenames, labels, strict=True)), key=lambda s: natural_key(s[0])
     )
     return samples, class_to_idx
 
 
+def _preview(names: Sequence[str], limit: int = 10) -> str:
+    """The first `limit` names, comma-separated (a 1000-class list stays one short line)."""
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... {len(names)} in all" if len(names) > limit else "")
+
+
 class ImageFolder:
     """A folder of class sub-folders (`root/<class>/**/*.jpg`) with timm's ImageDataset indexing.
 
-    `source[i]` returns the file's encoded bytes and its class index; decoding happens in the loader.
+    `source[i]` returns the file's encoded bytes and its class index; decoding happens in the loader. Given
+    `class_names` (another split's, or a model's), folders are matched to them by name: the source has exactly
+    those classes, whichever of them have folders here.
     """
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, class_names: Sequence[str] | None = None, classes_of: str = "the given classes"):
         if not os.path.isdir(root):
             raise FileNotFoundError(
                 f"dataset folder not found: {root!r} (pass --data-dir DIR with DIR/train and "
                 "DIR/validation (or DIR/val) holding one sub-folder per class)"
             )
         self.root = root
-        self.samples, self.class_to_idx = find_images_and_targets(root)
+        self.samples, self.class_to_idx = find_images_and_targets(root, class_names, classes_of)
         if not self.samples:
             raise FileNotFoundError(
                 f"no {'/'.join(IMG_EXTENSIONS)} images under {root!r} (expected "
                 f"{root}/<class_name>/<image>; check --data-dir)"
             )
-        self.num_classes = len(self.class_to_idx)
+        self.class_names = tuple(self.class_to_idx)
+        self.num_classes = len(self.class_names)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -168,6 +194,7 @@ class TfdsSource:
         self.name = name
         self.source = builder.as_data_source(split=self.split, decoders={self.image_key: tfds.decode.SkipDecoding()})
         self.num_classes = builder.info.features[self.label_key].num_classes
+        self.class_names = tuple(builder.info.features[self.label_key].names)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -214,6 +241,7 @@ class Digits:
         self.image_size = image_size
         self.split = "train" if split_name in TRAIN_SPLITS else "validation"
         self.num_classes = 10
+        self.class_names = tuple(str(d) for d in range(self.num_classes))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -238,11 +266,19 @@ def _stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> np.nd
 
 
 def create_dataset(
-    name: str, root: str | None = None, split: str = "train", *, search_split_dir: bool = True, **kwargs: Any
+    name: str,
+    root: str | None = None,
+    split: str = "train",
+    *,
+    search_split_dir: bool = True,
+    class_names: Sequence[str] | None = None,
+    classes_of: str = "the given classes",
+    **kwargs: Any,
 ) -> ImageSource:
     """timm-style dataset factory: `''`/`'folder'`/`'image_folder'` -> ImageFolder (`root/<split>` resolved like
-    timm's `_search_split`), `'tfds/NAME'` -> TfdsSource (root = TFDS data_dir), `'digits'` -> the embedded
-    digits set (`kwargs`: image_size, holdout_fraction, seed)."""
+    timm's `_search_split`; its folders matched by name to `class_names` when given), `'tfds/NAME'` ->
+    TfdsSource (root = TFDS data_dir), `'digits'` -> the embedded digits set (`kwargs`: image_size,
+    holdout_fraction, seed). TFDS and digits number their classes themselves."""
     prefix, sep, rest = name.partition("/")
     if sep and prefix.lower() == "tfds":
         return TfdsSource(rest, split=split, data_dir=root)
@@ -257,5 +293,5 @@ def create_dataset(
             )
         if search_split_dir and os.path.isdir(root):
             root = search_split(root, split)
-        return ImageFolder(root)
+        return ImageFolder(root, class_names, classes_of)
     raise ValueError(f"unknown dataset {name!r}: use {DATASET_NAMES_HELP}")

@@ -15,7 +15,8 @@ one file many times, so they only report what they replaced, with the batch; the
 logs a count per epoch.
 
 Batches from worker processes arrive in shared memory: the iterator unlinks each block as it hands the batch out
-(the mapping stays valid until the array is freed), so nothing outlives the process, whoever keeps the arrays.
+(the mapping stays valid until the array is freed), so nothing outlives the process, whoever keeps the arrays; a
+Ctrl-C waits until the blocks in hand are unlinked.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mv2jax.data.datasets import ImageSource, decode_image
 from mv2jax.mesh import DATA_AXIS
+from mv2jax.signals import sigint_deferred
 
 logger = logging.getLogger(__name__)
 
@@ -247,9 +249,10 @@ class LoaderIterator(grain.DatasetIterator):
         if self.step >= self.loader.num_steps:
             raise StopIteration
         self.start_prefetch()
-        batch = dict(next(self._it))
-        for value in batch.values():
-            _unlink_shared_memory(value)
+        with sigint_deferred():  # a block taken from the worker's queue but not yet unlinked would outlive the run
+            batch = dict(next(self._it))
+            for value in batch.values():
+                _unlink_shared_memory(value)
         skipped = int(batch.pop("skipped").sum())
         reports = batch.pop("skipped_files")
         if skipped:
@@ -310,7 +313,8 @@ class LoaderIterator(grain.DatasetIterator):
     def close(self) -> None:
         """Stop worker processes (also done on garbage collection); iterating again restarts them."""
         if self._it is not None:
-            self._it.close()
+            with sigint_deferred():  # stopped halfway, it would leave the blocks still queued behind
+                self._it.close()
             self._it = None
 
 

@@ -10,10 +10,10 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-from mv2jax.cli import CliParser, add_model_source_args, cli_main
+from mv2jax.cli import CliParser, add_model_source_args, check_img_size, cli_main
 from mv2jax.convert.verify import photo_path
 from mv2jax.export.artifact import FORMATS, export, get_format
-from mv2jax.export.source import data_config, load_model, model_name
+from mv2jax.export.source import class_names, data_config, load_model, model_name
 
 PROG = "mv2jax.export"
 EXIT_OK, EXIT_VERIFY_FAILED = 0, 1
@@ -29,13 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Export a MobileNetV2 to ONNX or StableHLO (BatchNorm folded) or LiteRT (.tflite), with a JSON "
-        "sidecar FILE.json holding its preprocessing (input size, layout, mean/std, crop_pct, interpolation, "
-        "class count).",
+        "sidecar FILE.json holding its preprocessing (input size, layout, mean/std, crop_pct, interpolation: "
+        "those it was trained with, for a train.py checkpoint), its class names and where its weights came from.",
     )
     add_model_source_args(p)
     p.add_argument("--format", required=True, metavar="FORMAT", help=f"one of {', '.join(FORMATS)}")
     p.add_argument("--output", "-o", required=True, metavar="FILE", help="the artifact to write (plus FILE.json)")
-    p.add_argument("--img-size", type=int, metavar="N", help="input height and width (default: the model's)")
+    p.add_argument(
+        "--img-size",
+        type=int,
+        metavar="N",
+        help="input height and width (default: the size a train.py checkpoint trained at, else the model's)",
+    )
     p.add_argument("--batch-size", type=int, metavar="N", help="fix the batch size (default: any; tflite: 1)")
     p.add_argument(
         "--layout",
@@ -59,17 +64,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 verification failed, 2 bad input)."""
     args = build_parser().parse_args(argv)
     get_format(args.format)  # before the (possibly slow) model load
+    check_img_size(args.img_size)
     if args.verify and not all(importlib.util.find_spec(m) for m in ("timm", "torch")):
         raise ImportError("--verify needs timm and torch: pip install 'mv2jax[test]' (or export without --verify)")
     image = photo_path(args.image) if args.verify else None
-    model = load_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, use_ema=args.use_ema)
-    cfg = data_config(model, args.img_size)
+    loaded = load_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, use_ema=args.use_ema)
+    model, meta = loaded.model, loaded.meta
     export(
         model,
         args.output,
         args.format,
-        cfg,
-        name=model_name(model),
+        data_config(model, args.img_size, trained=meta.data_config),
+        name=model_name(meta),
+        source=meta.source,
+        class_names=class_names(meta),
         batch_size=args.batch_size,
         layout=args.layout,
         overwrite=args.overwrite,

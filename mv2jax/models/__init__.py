@@ -2,11 +2,12 @@
 (`load_model`) and the fused inference network."""
 
 from mv2jax.models.fused import FusedMobileNetV2, fuse_for_inference
-from mv2jax.models.load import LoadedModel, ModelMeta, create_model, load_model
+from mv2jax.models.load import ClassifierMismatchError, LoadedModel, ModelMeta, create_model, load_model
 from mv2jax.models.mobilenetv2 import MobileNetV2, MobileNetV2Features
 from mv2jax.models.registry import list_models
 
 __all__ = [
+    "ClassifierMismatchError",
     "FusedMobileNetV2",
     "LoadedModel",
     "MobileNetV2",

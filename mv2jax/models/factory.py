@@ -23,6 +23,10 @@ def resolve_name(name: str) -> tuple[str, dict]:
             raise ValueError(f"Hub repo {repo_id} holds a {architecture!r}, which mv2jax does not implement")
         cfg = pretrained_cfg_for(architecture, "untrained") | dict(config.get("pretrained_cfg", {}))
         cfg.update(hf_hub_id=repo_id, num_classes=config.get("num_classes", cfg["num_classes"]))
+        if "tag" not in config.get("pretrained_cfg", {}):  # weights that are not timm's published ones
+            cfg.pop("tag")
+        if config.get("label_names"):  # timm writes them beside pretrained_cfg and reads them into it
+            cfg["label_names"] = tuple(config["label_names"])
         cfg["input_size"], cfg["mean"], cfg["std"] = (tuple(cfg[k]) for k in ("input_size", "mean", "std"))
         return architecture, cfg
     architecture, tag = split_model_name(name)

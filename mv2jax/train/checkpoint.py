@@ -9,23 +9,26 @@ commit, so a kill never leaves a half checkpoint that resume would pick up):
 - `opt_state`: the optax state.
 - `train`: `{'step': int32, 'rng_state': ...}` (the model's dropout / drop-path RNG streams, keys as raw uint32
   key data).
-- `meta` (JSON): `model_name`, `global_pool`, `num_classes`, `has_ema`, `epoch` (epochs completed),
+- `meta` (JSON): `model_name`, `global_pool`, `num_classes`, `class_names` (the train split's, by class index),
+  `data_config` (the resolved preprocessing it trained with), `has_ema`, `epoch` (epochs completed),
   `epoch_step` (updates done in the current epoch), `config` (`TrainConfig.to_dict()`), `metrics`, ...
 - `data` (JSON): the loader iterator's state (`LoaderIterator.get_state()`, identical on every process).
 
 Retention: the last `keep_last` checkpoints plus the best one by the eval metric (orbax preservation policies).
 
-Preemption: `PreemptionGuard` turns SIGTERM into a request the loop polls at every step boundary; with several
-processes, orbax's `reached_preemption` (JAX's preemption sync service) makes all processes stop at the same step.
-Data-loading workers inherit a blocked SIGTERM, so a signal sent to the whole process group stops only the training
-process.
+Preemption: `PreemptionGuard` turns SIGTERM and a first Ctrl-C (SIGINT) into a request the loop polls at every step
+boundary; a second Ctrl-C stops at once. With several processes, orbax's `reached_preemption` (JAX's preemption sync
+service) makes all processes stop at the same step. Data-loading workers inherit both signals blocked, so a signal
+sent to the whole process group stops only the training process.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -37,11 +40,12 @@ import optax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from mv2jax.signals import ForwardToMain, can_forward, sigint_deferred
 from mv2jax.train.state import TrainState
+from mv2jax.weights import checkpoint_steps
 
 PyTree = Any
 ITEMS = ("state", "opt_state", "train", "meta", "data")
-CHECKPOINTS_DIR = "checkpoints"
 
 
 # --- tree helpers -------------------------------------------------------------------------------------------------
@@ -194,7 +198,8 @@ class TrainCheckpointer:
             meta=ocp.args.JsonSave(dict(meta, has_ema=state.ema is not None)),
             data=ocp.args.JsonSave(dict(data_state or {})),
         )
-        with _quiet_absl("did not provide metrics"):  # a preemption checkpoint has none, on purpose
+        # a preemption checkpoint has no metrics, on purpose; a second Ctrl-C waits until the save is under way
+        with _quiet_absl("did not provide metrics"), sigint_deferred():
             return self.manager.save(step, args=args, metrics=dict(metrics) if metrics else None)
 
     def read_meta(self, step: int) -> dict:
@@ -285,67 +290,95 @@ def find_checkpoint(path: str | Path) -> tuple[Path, int | None]:
     path = Path(path).absolute()
     if not path.exists():
         raise FileNotFoundError(f"--resume {path}: no such checkpoint directory")
-    if path.name.isdigit() and (path / "meta").exists():
-        return path.parent, int(path.name)
-    root = path / CHECKPOINTS_DIR if (path / CHECKPOINTS_DIR).is_dir() else path
-    steps = (
-        sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "meta").exists())
-        if root.is_dir()
-        else []
-    )
-    return root, (steps[-1] if steps else None)
+    return checkpoint_steps(path)
 
 
 # --- preemption ---------------------------------------------------------------------------------------------------
 
 
 class PreemptionGuard:
-    """SIGTERM -> a stop request seen at the next step boundary (`requested(step)`).
+    """SIGTERM, or a first Ctrl-C (SIGINT) -> a stop request seen at the next step boundary (`requested(step)`);
+    a second Ctrl-C raises KeyboardInterrupt in the main thread at its next Python instruction (the run stops without
+    saving; a `sigint_deferred` section, such as the start of a checkpoint write, ends first); later ones are
+    ignored while that unwinds.
 
-    Single process: SIGTERM is blocked in the calling thread while inside (enter it before any data-loading thread
-    or worker process starts: they inherit the block, which survives exec) and polled with `sigpending` at step
-    boundaries. So a scheduler that signals the whole process group (SLURM, `kill -TERM -PGID`) stops only the
-    training process, which saves a checkpoint and closes its workers itself; a worker killed mid-start would
-    leave it waiting forever. A handler also catches the signal should a thread without the block receive it.
+    The signals are blocked in the calling thread while inside and handed to the main thread by
+    `mv2jax.signals.ForwardToMain`: enter the guard before any data-loading thread or worker process starts, so they
+    inherit the block. A signal sent to the whole process group (a terminal's Ctrl-C, SLURM's `kill -TERM -PGID`)
+    then stops only the training process, which saves a checkpoint and closes its workers itself; a worker killed
+    mid-batch would print a traceback, leave its shared memory behind, and one killed mid-start would leave the
+    loader waiting forever.
 
-    Several processes: JAX's preemption sync service (set up by `jax.distributed.initialize`) catches the signal
-    and `reached_preemption(step)` is True at the same step on every process, so all of them save together; no
-    handler or block is installed then. `manager` may be set after entering.
+    Several processes: JAX's preemption sync service (set up by `jax.distributed.initialize`) catches SIGTERM, and
+    `reached_preemption(step)` is True at the same step on every process, so all of them save together. SIGTERM is
+    left to it (not blocked), and a first SIGINT joins the same request: the process sends itself SIGTERM. `manager`
+    may be set after entering. `interrupted` says whether this process got a Ctrl-C (train.py exits 130 then).
     """
 
     def __init__(self, manager: ocp.CheckpointManager | None = None, multi_process: bool | None = None):
         self.manager = manager
         self.multi_process = jax.process_count() > 1 if multi_process is None else multi_process
-        self.signal_received: int | None = None
-        self._previous_handler: Any = None
-        self._previous_mask: set | None = None
+        self.signal_received: int | None = None  # the first stop signal of this process
+        self.interrupts = 0  # SIGINTs received
+        self._signals = (signal.SIGINT,) if self.multi_process else (signal.SIGINT, signal.SIGTERM)
+        self._previous_handlers: dict[int, Any] = {}
+        self._forward = ForwardToMain(self._signals, on_signal=self._received)
+        self._abort = self._abort_raised = self._closing = False
+
+    @property
+    def interrupted(self) -> bool:
+        return self.interrupts > 0
 
     def __enter__(self) -> PreemptionGuard:
-        if not self.multi_process:
-            self._previous_handler = signal.signal(signal.SIGTERM, self._handle)
-            if hasattr(signal, "pthread_sigmask"):
-                self._previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        if can_forward():
+            self._previous_handlers = {s: signal.signal(s, self._handle) for s in self._signals}
+            self._forward.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.multi_process:
+        self._closing = True  # a signal still pending is delivered when the block ends: the run is over, drop it
+        self._forward.__exit__(*exc)
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
+
+    def _received(self, signum: int) -> None:
+        """Counts a signal (in the thread that waits for them, or in the main thread's handler)."""
+        if self._closing:
             return
-        if self._previous_mask is not None:
-            if self._pending():  # handled (we stopped): consume it, or unblocking would deliver it again
-                signal.sigtimedwait([signal.SIGTERM], 0)
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._previous_mask)
-            self._previous_mask = None
-        signal.signal(signal.SIGTERM, self._previous_handler)
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts > 1:  # every later one too: `sigint_deferred` lets a second one through at once
+                self._stop_now()
+                return
+        if self.signal_received is None:
+            self.signal_received = signum
+            if self.multi_process:
+                self._request_sync()
+
+    def _stop_now(self) -> None:
+        self._abort = True
+        _thread.interrupt_main(signal.SIGINT)  # `_handle` raises KeyboardInterrupt in the main thread
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.signal_received = signum
+        """The Python handler, in the main thread: raises the abort `_stop_now` asked for, else counts a signal
+        that reached a thread started before the guard (those do not block it)."""
+        if self._abort:
+            if not self._abort_raised:
+                self._abort_raised = True
+                raise KeyboardInterrupt
+            return
+        self._received(signum)
 
-    def _pending(self) -> bool:
-        return self._previous_mask is not None and signal.SIGTERM in signal.sigpending()
+    def _request_sync(self) -> None:
+        """Several processes: ask JAX's preemption sync service (which listens for SIGTERM) to stop every process
+        at the same step; without that service, stop this one at once."""
+        if jax.config.jax_enable_preemption_service:
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            self._stop_now()
 
     def requested(self, step: int) -> bool:
-        if self.signal_received is None and self._pending():
-            self.signal_received = signal.SIGTERM
-        if self.signal_received is not None:
-            return True
-        return bool(self.multi_process and self.manager is not None and self.manager.reached_preemption(step))
+        if self.multi_process:
+            return self.manager is not None and bool(self.manager.reached_preemption(step))
+        return self.signal_received is not None

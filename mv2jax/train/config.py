@@ -11,8 +11,9 @@ Three more tables describe timm flags that are not `TrainConfig` fields:
   error naming the flag.
 - anything else is an unknown flag: argparse's error.
 
-No arguments at all is the quick demo run: `QUICK_RUN` (the RA recipe scaled down to `mobilenetv2_035` on the
-embedded digits at 32x32, a few minutes on a 2-core CPU) supplies the defaults.
+No dataset given (no --data-dir, DIR or --dataset) is the quick demo run: `QUICK_RUN` (the RA recipe scaled down to
+`mobilenetv2_035` on the embedded digits at 32x32, a few minutes on a 2-core CPU) supplies the defaults, and the
+flags given change them (`python train.py --epochs 30` is the demo with 30 epochs).
 
 mv2jax deviations from timm's defaults: `--model` defaults to `mobilenetv2_100` (timm's resnet50 is not
 implemented); `--num-classes` defaults to the dataset's class count (timm: the model's 1000); `--experiment`
@@ -23,14 +24,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import yaml
 
-from mv2jax.cli import CliParser, add_conv_impl_arg, check_conv_impl, one_line
+from mv2jax.cli import (
+    CliParser,
+    add_conv_impl_arg,
+    check_conv_impl,
+    check_data_config_args,
+    check_exists,
+    one_line,
+)
 from mv2jax.host_memory import SETTINGS as HOST_ALLOCATOR_SETTINGS
 
 DEFAULT_OUTPUT = "./output/train"
@@ -77,8 +86,33 @@ class TrainConfig:
     val_split: str = flag("--val-split", default="validation", group=_DATA, metavar="NAME")
     # Model
     model: str = flag("--model", default="mobilenetv2_100", group=_MODEL, metavar="MODEL")
-    pretrained: bool = flag("--pretrained", default=False, group=_MODEL, action="store_true")
-    initial_checkpoint: str = flag("--initial-checkpoint", default="", group=_MODEL, metavar="PATH")
+    pretrained: bool = flag(
+        "--pretrained",
+        default=False,
+        group=_MODEL,
+        action="store_true",
+        help="start from pretrained weights, adapted as timm does (the stem to --in-chans; a new classifier for "
+        "another class count): timm's Hub weights for --model through huggingface_hub's cache, or --pretrained-path",
+    )
+    pretrained_path: str | None = flag(
+        "--pretrained-path",
+        group=_MODEL,
+        metavar="PATH",
+        help="with --pretrained: PATH as the pretrained weights (a timm file, an mv2jax checkpoint directory or a "
+        "train.py step directory), adapted as timm does: the stem to --in-chans and ALWAYS a new classifier, even "
+        "for the same class count (timm's num_classes=-1 overlay). A step directory gives its raw weights; for its "
+        "EMA, convert first: convert_weights.py --to-timm --input STEP --output ema.safetensors --use-ema. "
+        "Without --pretrained it does nothing, as in timm",
+    )
+    initial_checkpoint: str = flag(
+        "--initial-checkpoint",
+        default="",
+        group=_MODEL,
+        metavar="PATH",
+        help="load PATH strictly, as timm's load_checkpoint: every tensor must fit, the class count included (a "
+        "new classifier: --pretrained --pretrained-path PATH). Same sources as --pretrained-path, a step directory "
+        "its raw weights; with --pretrained it replaces all of those weights",
+    )
     resume: str = flag(
         "--resume",
         default="",
@@ -342,7 +376,7 @@ JAX_MAPPED: Mapping[str, ExtraFlag] = {
     ),
     "grad_accum_steps": ExtraFlag(("--grad-accum-steps",), "1 is the only value (no gradient accumulation)", 1, _INT),
     "recovery_interval": ExtraFlag(
-        ("--recovery-interval",), "SIGTERM saves a checkpoint at the next step; epoch ends save one", 0, _INT
+        ("--recovery-interval",), "SIGTERM or Ctrl-C saves a checkpoint at the next step; epoch ends save one", 0, _INT
     ),
     "dataset_download": ExtraFlag(
         ("--dataset-download",), "mv2jax never downloads datasets (prepare TFDS data first)", False, _STORE_TRUE
@@ -352,7 +386,6 @@ JAX_MAPPED: Mapping[str, ExtraFlag] = {
 UNSUPPORTED: Mapping[str, ExtraFlag] = {
     name: ExtraFlag(names, reason, default, kwargs)
     for name, names, default, kwargs, reason in [
-        ("pretrained_path", ("--pretrained-path",), None, {}, "use --initial-checkpoint"),
         ("model_kwargs", ("--model-kwargs",), None, {"nargs": "*"}, "MobileNetV2 takes no extra model kwargs"),
         ("opt_kwargs", ("--opt-kwargs",), None, {"nargs": "*"}, "not implemented"),
         ("model_dtype", ("--model-dtype",), None, {}, "use --amp for bfloat16 compute"),
@@ -440,12 +473,21 @@ QUICK_RUN: Mapping[str, Any] = {
 _UNSET = object()  # argparse default of JAX_MAPPED flags: tells "given" from "left alone"
 
 
+EXIT_CODES_HELP = (
+    "Exit codes: 0 done, or stopped by SIGTERM after saving a checkpoint; 1 training diverged (non-finite loss; the "
+    "last checkpoint is intact); 2 bad configuration; 130 Ctrl-C. A first Ctrl-C (or SIGTERM) stops at the next "
+    "update (after a compilation, an eval or a checkpoint write in progress) and saves a checkpoint there; a second "
+    "Ctrl-C stops at once without saving. Either way, rerun the same command to resume from the last checkpoint."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The train.py parser: `TrainConfig` fields, then the JAX_MAPPED and UNSUPPORTED timm flags."""
     parser = CliParser(
         "train.py",
         description="Train a timm MobileNetV2 in JAX with timm's train.py flags "
-        "(no arguments: a quick demo run on the embedded digits dataset).",
+        "(no dataset: a quick demo run on the embedded digits dataset, changed by any flags given).",
+        epilog=EXIT_CODES_HELP,
     )
     parser.add_argument(
         "-c",
@@ -497,29 +539,53 @@ def _apply_defaults(parser: argparse.ArgumentParser, values: Mapping[str, Any], 
 
 def parse_config(argv: Sequence[str] | None = None, out: TextIO | None = None) -> TrainConfig:
     """Command line (default: sys.argv[1:]) -> TrainConfig. Prints one line per JAX_MAPPED flag that is set, to
-    `out` (default stdout). Bad values exit through argparse (code 2) with the flag named."""
+    `out` (default stdout). Bad values exit through argparse (code 2) with the flag named.
+
+    Without a dataset (no --data-dir, DIR or --dataset, on the command line or in the -c file) this is the quick
+    demo run: `QUICK_RUN` gives the defaults, the file and the flags change them, and one line says so."""
     argv = list(sys.argv[1:] if argv is None else argv)
     out = out or sys.stdout
     parser = build_parser()
-    if not argv:
-        print("no arguments: quick demo run (" + " ".join(_as_flags(QUICK_RUN)) + ")", file=out)
-        _apply_defaults(parser, QUICK_RUN, "QUICK_RUN")
     pre = CliParser("train.py", add_help=False)
     pre.add_argument("-c", "--config", default="")
     known, _ = pre.parse_known_args(argv)
     try:
-        if known.config:
-            _apply_defaults(parser, _read_yaml(known.config), known.config)
+        file_values = _read_yaml(known.config) if known.config else {}
+        _apply_defaults(parser, file_values, known.config)
+        ns = vars(parser.parse_args(argv))
+        demo = not (ns["data"] or ns["data_dir"] or ns["dataset"])
+        if demo:
+            _apply_defaults(parser, QUICK_RUN, "QUICK_RUN")
+            _apply_defaults(parser, file_values, known.config)  # the file's values still win over the demo's
+            ns = vars(parser.parse_args(argv))
+        config = _to_config(ns)
     except ConfigError as e:
         parser.error(str(e))
-    ns = vars(parser.parse_args(argv))
-    for line in _mapping_notes(ns):
+    for line in ([_demo_line(argv)] if demo else []) + _mapping_notes(ns):  # once the configuration is valid
         print(line, file=out)
-    try:
-        return _to_config(ns)
-    except ConfigError as e:
-        parser.error(str(e))
-        raise  # unreachable: parser.error exits
+    for line in weights_warnings(config):
+        print(f"train.py: warning: {line}", file=sys.stderr, flush=True)
+    return config
+
+
+def weights_warnings(config: TrainConfig) -> list[str]:
+    """One line per weights flag that has no effect, as in timm's train.py."""
+    if config.pretrained_path and not config.pretrained:
+        return [f"--pretrained-path {config.pretrained_path} does nothing without --pretrained (as in timm)"]
+    if config.pretrained and config.initial_checkpoint:
+        pretrained = f"--pretrained-path {config.pretrained_path}" if config.pretrained_path else "--pretrained"
+        return [
+            f"--initial-checkpoint is a strict load that replaces every weight of {pretrained} (as in timm): those "
+            "are not read"
+        ]
+    return []
+
+
+def _demo_line(argv: Sequence[str]) -> str:
+    demo = "quick demo run (" + " ".join(_as_flags(QUICK_RUN)) + ")"
+    if not argv:
+        return f"no arguments: {demo}"
+    return f"no dataset given (--data-dir, --dataset): {demo} with {shlex.join(argv)}"
 
 
 def host_allocator_setting(argv: Sequence[str] | None = None) -> str:
@@ -570,21 +636,63 @@ def _to_config(ns: dict[str, Any]) -> TrainConfig:
     return config
 
 
+class Bounds(NamedTuple):
+    """The values a numeric flag accepts: `low` <= value <= `high` (None: unbounded); `low_open` excludes `low`."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+
+    def describe(self) -> str:
+        low = f"> {self.low}" if self.low_open else f">= {self.low}"
+        if self.high is None:
+            return f"must be {low}"
+        return f"must be in ({self.low}, {self.high}]" if self.low_open else f"must be in [{self.low}, {self.high}]"
+
+    def admits(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        return above and (self.high is None or value <= self.high)
+
+
+_PROBABILITY, _POSITIVE, _AT_LEAST_1, _AT_LEAST_0 = Bounds(0, 1), Bounds(0, low_open=True), Bounds(1), Bounds(0)
+# The ranges argparse cannot check, by dest; a None value (flag unset) passes.
+FLAG_BOUNDS: Mapping[str, Bounds] = {
+    **dict.fromkeys(
+        ("batch_size", "validation_batch_size", "epochs", "steps_per_epoch", "checkpoint_hist", "log_interval"),
+        _AT_LEAST_1,
+    ),
+    **dict.fromkeys(("num_classes", "in_chans", "lr_base_size", "recount", "num_processes"), _AT_LEAST_1),
+    **dict.fromkeys(("workers", "start_epoch", "warmup_epochs", "cooldown_epochs", "mixup_off_epoch"), _AT_LEAST_0),
+    **dict.fromkeys(("lr", "lr_base", "warmup_lr", "min_lr", "decay_rate", "momentum", "weight_decay"), _AT_LEAST_0),
+    **dict.fromkeys(("opt_eps", "color_jitter", "mixup", "cutmix", "process_id"), _AT_LEAST_0),
+    **dict.fromkeys(("decay_epochs", "clip_grad"), _POSITIVE),
+    **dict.fromkeys(("hflip", "vflip", "reprob", "smoothing", "drop", "drop_path", "drop_connect"), _PROBABILITY),
+    **dict.fromkeys(("mixup_prob", "mixup_switch_prob", "model_ema_decay", "color_jitter_prob"), _PROBABILITY),
+    **dict.fromkeys(("grayscale_prob", "gaussian_blur_prob"), _PROBABILITY),
+}
+
+
+def _flag_name(dest: str) -> str:
+    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == dest)
+    return next(n for n in field.metadata["names"] if n.startswith("--"))
+
+
 def check_config(config: TrainConfig) -> None:
-    """Value checks argparse cannot express (ConfigError, one line)."""
-    for name, minimum in (
-        ("batch_size", 1),
-        ("epochs", 1),
-        ("checkpoint_hist", 1),
-        ("log_interval", 1),
-        ("workers", 0),
-    ):
-        if getattr(config, name) < minimum:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(config, name)}")
-    if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
-        raise ConfigError(f"--steps-per-epoch must be >= 1, got {config.steps_per_epoch}")
-    if config.mixup_off_epoch < 0:
-        raise ConfigError("--mixup-off-epoch must be >= 0")
+    """Value checks argparse cannot express (ConfigError, one line). Paths are `check_paths`'."""
+    for dest, bounds in FLAG_BOUNDS.items():
+        value = getattr(config, dest)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{_flag_name(dest)} must be a number, got {value!r}")
+        if not bounds.admits(value):
+            raise ConfigError(f"{_flag_name(dest)} {bounds.describe()}, got {value}")
+    _check_pair("--scale", config.scale, _POSITIVE)
+    _check_pair("--ratio", config.ratio, _POSITIVE)
+    try:  # shared with validate: --img-size, --input-size, --crop-pct
+        check_data_config_args(config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if config.host_allocator not in HOST_ALLOCATOR_SETTINGS:
         raise ConfigError(
             f"--host-allocator must be one of {', '.join(HOST_ALLOCATOR_SETTINGS)}, got {config.host_allocator!r}"
@@ -593,6 +701,22 @@ def check_config(config: TrainConfig) -> None:
         check_conv_impl(config.conv_impl)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def _check_pair(flag: str, values: Sequence[float], bounds: Bounds) -> None:
+    """`values` is (low, high), low <= high, both within `bounds` (timm's --scale and --ratio)."""
+    if len(values) != 2 or not all(bounds.admits(v) for v in values) or values[0] > values[1]:
+        raise ConfigError(f"{flag} takes two values LOW HIGH with LOW <= HIGH that {bounds.describe()}, got {values}")
+
+
+def check_paths(config: TrainConfig) -> None:
+    """The paths `config` reads exist (FileNotFoundError naming the flag): checked before any work, so a typo
+    costs no startup and leaves no run directory."""
+    check_exists("--data-dir", config.data_dir)
+    check_exists("--initial-checkpoint", config.initial_checkpoint)
+    if config.pretrained:  # without --pretrained it is not read (as in timm)
+        check_exists("--pretrained-path", config.pretrained_path)
+    check_exists("--resume", config.resume)
 
 
 def _as_flags(values: Mapping[str, Any]) -> list[str]:

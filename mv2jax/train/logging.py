@@ -4,7 +4,8 @@ Files in the run directory (written by process 0 only; other processes get a log
 - `summary.csv`: timm's `update_summary` rows, one per epoch: `epoch, train_loss, eval_loss, eval_top1,
   eval_top5, lr` (the eval columns are the EMA model's when EMA is on, as timm's train.py logs them).
 - `log.jsonl`: one JSON object per line; `{"kind": "step", ...}` every `--log-interval` updates and
-  `{"kind": "epoch", ...}` at each epoch end with both raw (`eval`) and EMA (`eval_ema`) metrics.
+  `{"kind": "epoch", ...}` at each epoch end with both raw (`eval`) and EMA (`eval_ema`) metrics and the epoch's
+  `train_time`, `eval_time` and `checkpoint_time` (seconds).
 - `curves.png`: train loss and lr per update, eval top-1 (raw and EMA) per epoch; redrawn at an epoch end at most
   every `PLOT_INTERVAL_S` seconds (drawing is slow beside a short epoch), and at the end of a run or a preemption.
 - `args.yaml`: the run's configuration (timm writes the same file).

@@ -26,13 +26,14 @@ from mv2jax import host_memory
 from mv2jax.compile_cache import enable_compile_cache
 from mv2jax.data.loader import LoaderIterator
 from mv2jax.metrics import averages
-from mv2jax.train.checkpoint import CHECKPOINTS_DIR, PreemptionGuard, TrainCheckpointer
+from mv2jax.train.checkpoint import PreemptionGuard, TrainCheckpointer
 from mv2jax.train.config import TrainConfig
 from mv2jax.train.logging import RunLogger
 from mv2jax.train.mesh import initialize_distributed, shard_batch
-from mv2jax.train.run import Run, Start, build_run, restore_loader, resume, seek_loader
+from mv2jax.train.run import Run, Start, build_run, restore_loader, resume, resume_source, seek_loader
 from mv2jax.train.state import TrainState
 from mv2jax.train.step import check_finite
+from mv2jax.weights import CHECKPOINTS_DIR
 
 EVAL_KEYS = ("image", "label", "mask")
 
@@ -40,7 +41,8 @@ EVAL_KEYS = ("image", "label", "mask")
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
     """The outcome: the run directory, epochs and updates done, last raw/EMA eval metrics ({loss, top1, top5},
-    top-1/top-5 in percent), the best checkpoint step, whether SIGTERM stopped it, wall time (s)."""
+    top-1/top-5 in percent), the best checkpoint step, whether SIGTERM or Ctrl-C stopped it (`preempted`, after
+    saving a checkpoint) and whether that was a Ctrl-C (`interrupted`), wall time (s)."""
 
     run_dir: Path
     epochs_done: int
@@ -49,6 +51,7 @@ class TrainResult:
     eval_ema: dict | None = None
     best_step: int | None = None
     preempted: bool = False
+    interrupted: bool = False
     already_complete: bool = False
     wall_time: float = 0.0
 
@@ -168,19 +171,27 @@ def finish_epoch(
     it: LoaderIterator,
     ckpt: TrainCheckpointer,
     logger: RunLogger,
-    seconds: float,
+    train_seconds: float,
 ) -> tuple[TrainState, dict]:
     """timm's epoch end: eval raw + EMA, checkpoint (ranked by the EMA's metric when EMA is on), logs. (timm's
-    dist_bn comes first there; here the train step already kept the running statistics it would give.)"""
+    dist_bn comes first there; here the train step already kept the running statistics it would give.) The epoch's
+    record and line give the train (`train_seconds`), eval and checkpoint times apart: each can dominate."""
     weights = [(state.params, state.batch_stats)]
     if state.ema is not None:
         weights.append((state.ema["params"], state.ema["batch_stats"]))
+    t_eval = time.perf_counter()
     evals = evaluate(run, weights)
     raw, ema = evals[0], (evals[1] if len(evals) > 1 else None)
     ranked = ema or raw
-    ckpt.save(
+    t_save = time.perf_counter()
+    ckpt.save(  # the time until the arrays are on the host (and any earlier save is committed); writing is async
         state, meta=_meta(run, ep, True, {"eval": raw, "eval_ema": ema}), data_state=it.get_state(), metrics=ranked
     )
+    times = {
+        "train_time": train_seconds,
+        "eval_time": t_save - t_eval,
+        "checkpoint_time": time.perf_counter() - t_save,
+    }
     record = {
         "epoch": ep.epoch,
         "step": (ep.epoch + 1) * run.steps_per_epoch,
@@ -188,16 +199,21 @@ def finish_epoch(
         "lr": run.summary_lr(ep.epoch),
         "eval": raw,
         "eval_ema": ema,
-        "epoch_time": seconds,
-        "img_per_s": ep.done * run.global_batch / seconds,
+        **times,
+        "img_per_s": ep.done * run.global_batch / train_seconds,
     }
     logger.epoch_end(record, ranked, last=ep.epoch + 1 == run.num_epochs)
     ema_text = f" | EMA top1 {ema['top1']:.2f} top5 {ema['top5']:.2f} loss {ema['loss']:.4f}" if ema else ""
     run.say(
         f"Epoch {ep.epoch}: train_loss {record['train_loss']:.4f} | eval top1 {raw['top1']:.2f} top5 "
-        f"{raw['top5']:.2f} loss {raw['loss']:.4f}{ema_text} | lr {record['lr']:.3e} | {seconds:.1f} s"
+        f"{raw['top5']:.2f} loss {raw['loss']:.4f}{ema_text} | lr {record['lr']:.3e} | {epoch_times_text(record)}"
     )
     return state, record
+
+
+def epoch_times_text(record: Mapping[str, Any]) -> str:
+    """'train 12.3 s, eval 4.5 s, checkpoint 0.6 s' from an epoch record's times."""
+    return ", ".join(f"{name} {record[f'{name}_time']:.1f} s" for name in ("train", "eval", "checkpoint"))
 
 
 # --- the whole run ------------------------------------------------------------------------------------------------
@@ -258,6 +274,7 @@ def _run_epochs(
                 record.get("eval"),
                 record.get("eval_ema"),
                 preempted=True,
+                interrupted=guard.interrupted,
                 wall_time=time.perf_counter() - t0,
             )
         state, record = finish_epoch(run, state, ep, it, ckpt, logger, time.perf_counter() - t_epoch)
@@ -270,6 +287,7 @@ def _run_epochs(
                 record["eval"],
                 record["eval_ema"],
                 preempted=True,
+                interrupted=guard.interrupted,
                 wall_time=time.perf_counter() - t0,
             )
     ckpt.wait()
@@ -293,11 +311,12 @@ def train(config: TrainConfig) -> TrainResult:
     enable_compile_cache(config.compile_cache)
     with PreemptionGuard(multi_process=config.distributed) as guard:  # before any loader thread or worker starts
         run, state = build_run(config)
+        resumed = resume_source(run)  # --resume's checkpoint, checked before the run directory is created
         ckpt = _open_checkpointer(run)
         guard.manager = ckpt.manager
         it = iter(run.train_loader)
         try:
-            state, start = resume(run, state, ckpt)
+            state, start = resume(run, state, ckpt, resumed)
             if start.source:
                 run.say(f"Resumed from {start.source} at epoch {start.epoch}, update {start.step}")
             run.say(f"Output: {run.run_dir}")

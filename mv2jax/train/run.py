@@ -31,7 +31,7 @@ from mv2jax.data import (
     resolve_data_config,
 )
 from mv2jax.data.loader import Loader, LoaderIterator
-from mv2jax.models import load_model
+from mv2jax.models import ClassifierMismatchError, LoadedModel, load_model
 from mv2jax.train.checkpoint import TrainCheckpointer, find_checkpoint, set_step
 from mv2jax.train.config import ConfigError, TrainConfig
 from mv2jax.train.mesh import (
@@ -133,32 +133,53 @@ def _datasets(config: TrainConfig) -> tuple[Any, Any]:
     if config.dataset == "digits" and (config.input_size or config.img_size):
         kwargs["image_size"] = (config.input_size or (0, 0, config.img_size))[-1]
     train_ds = create_dataset(config.dataset, config.data_dir, config.train_split, **kwargs)
-    eval_ds = create_dataset(config.dataset, config.data_dir, config.val_split, **kwargs)
+    # The eval split numbers its folders by the train split's class names: a split missing a class keeps its labels.
+    classes = dict(class_names=train_ds.class_names, classes_of="the train split's classes")
+    eval_ds = create_dataset(config.dataset, config.data_dir, config.val_split, **classes, **kwargs)
     return train_ds, eval_ds
 
 
-def _create_model(config: TrainConfig, num_classes: int) -> nnx.Module:
+def _weights_source(config: TrainConfig) -> dict[str, Any]:
+    """`load_model`'s source arguments for timm's flags: `--initial-checkpoint` loads strictly (it would replace
+    every pretrained weight), `--pretrained --pretrained-path PATH` loads PATH with a new classifier (timm's
+    `pretrained_cfg_overlay=dict(file=PATH, num_classes=-1)`), `--pretrained` alone timm's Hub weights."""
+    if config.initial_checkpoint:
+        return dict(checkpoint_path=config.initial_checkpoint)
+    if config.pretrained and config.pretrained_path:
+        return dict(pretrained=True, checkpoint_path=config.pretrained_path, new_classifier=True)
+    return dict(pretrained=config.pretrained)
+
+
+def _create_model(config: TrainConfig, num_classes: int) -> LoadedModel:
     in_chans = config.in_chans or (config.input_size[0] if config.input_size else 3)
-    model = load_model(
-        config.model,
-        pretrained=config.pretrained,
-        checkpoint_path=config.initial_checkpoint or None,
-        num_classes=num_classes,
-        in_chans=in_chans,
-        drop_rate=config.drop,
-        drop_path_rate=config.drop_path_rate,
-        global_pool=config.gp or "avg",
-        dtype=jnp.bfloat16 if config.amp else None,
-        conv_impl=config.conv_impl,
-        seed=config.seed,
-    ).model
+    try:
+        loaded = load_model(
+            config.model,
+            **_weights_source(config),
+            num_classes=num_classes,
+            in_chans=in_chans,
+            drop_rate=config.drop,
+            drop_path_rate=config.drop_path_rate,
+            global_pool=config.gp or "avg",
+            dtype=jnp.bfloat16 if config.amp else None,
+            conv_impl=config.conv_impl,
+            seed=config.seed,
+        )
+    except ClassifierMismatchError as e:
+        path = config.initial_checkpoint
+        raise ConfigError(
+            f"--initial-checkpoint {path} is a strict load (as in timm) and its classifier has {e.checkpoint_classes} "
+            f"classes, not the model's {e.model_classes} (--num-classes, default the dataset's): to fine-tune it with "
+            f"a new classifier pass --pretrained --pretrained-path {path} instead"
+        ) from None
+    model = loaded.model
     classifier = model.classifier
     if classifier is not None and config.head_init_scale is not None:  # timm train.py's --head-init-scale
         classifier.weight[...] = classifier.weight[...] * config.head_init_scale
         classifier.bias[...] = classifier.bias[...] * config.head_init_scale
     if classifier is not None and config.head_init_bias is not None:
         classifier.bias[...] = jnp.full_like(classifier.bias[...], config.head_init_bias)
-    return model
+    return loaded
 
 
 def _transforms(config: TrainConfig, model: nnx.Module) -> tuple[dict, Callable, Callable]:
@@ -292,7 +313,8 @@ def build_run(config: TrainConfig) -> tuple[Run, TrainState]:
     if num_classes < train_ds.num_classes:
         raise ConfigError(f"--num-classes {num_classes} < the {train_ds.num_classes} classes of the dataset")
     with _user_errors("model"):
-        model = _create_model(config, num_classes)
+        loaded = _create_model(config, num_classes)
+    model = loaded.model
     with _user_errors("transforms"):
         data_config, train_tf, eval_tf = _transforms(config, model)
     mesh = create_mesh()
@@ -313,6 +335,7 @@ def build_run(config: TrainConfig) -> tuple[Run, TrainState]:
         f"images, {num_classes} classes, input {tuple(data_config['input_size'])}; {devices} device(s) x "
         f"{config.batch_size} = global batch {global_batch}, {steps_per_epoch} steps/epoch, {num_epochs} epochs"
     )
+    say(f"Initial {loaded.meta.weights_summary()}")
     run = Run(
         config=config,
         mesh=mesh,
@@ -333,6 +356,7 @@ def build_run(config: TrainConfig) -> tuple[Run, TrainState]:
             "num_classes": num_classes,
             "in_chans": data_config["input_size"][0],
             "data_config": data_config,
+            "class_names": list(train_ds.class_names),
             "mv2jax_version": mv2jax.__version__,
         },
         is_primary=is_primary,
@@ -367,15 +391,32 @@ def _check_same_model(run: Run, meta: Mapping[str, Any], where: str) -> None:
         )
 
 
-def resume(run: Run, state: TrainState, ckpt: TrainCheckpointer) -> tuple[TrainState, Start]:
-    """The state to start from: `--resume PATH`, else the run directory's latest checkpoint, else `state`.
-    `--start-epoch` overrides the epoch (and update count) either way, as in timm."""
+def resume_source(run: Run) -> tuple[TrainCheckpointer, int] | None:
+    """`--resume PATH`'s checkpoints (read-only) and step, checked to be of this run's network; None without
+    --resume. Called before the run directory is created, so a wrong path leaves nothing behind."""
+    if not run.config.resume:
+        return None
+    root, step = find_checkpoint(run.config.resume)
+    if step is None:
+        raise ConfigError(f"--resume {run.config.resume}: no checkpoint there")
+    source = TrainCheckpointer(root, read_only=True, best_metric=None)
+    _check_same_model(run, source.read_meta(step), f"{root}/{step}")
+    return source, step
+
+
+def resume(
+    run: Run, state: TrainState, ckpt: TrainCheckpointer, resumed: tuple[TrainCheckpointer, int] | None = None
+) -> tuple[TrainState, Start]:
+    """The state to start from: `--resume PATH` (`resumed`, from `resume_source`), else the run directory's latest
+    checkpoint, else `state`. `--start-epoch` overrides the epoch (and update count) either way, as in timm."""
     config, source, step = run.config, None, None
-    if config.resume:
-        root, step = find_checkpoint(config.resume)
-        if step is None:
-            raise ConfigError(f"--resume {config.resume}: no checkpoint there")
-        source = ckpt if root == ckpt.directory else TrainCheckpointer(root, read_only=True, best_metric=None)
+    if resumed is None and config.resume:
+        resumed = resume_source(run)
+    if resumed is not None:
+        source, step = resumed
+        if source.directory == ckpt.directory:  # the run's own checkpoints: read them through its manager
+            source.close()
+            source = ckpt
     elif (step := ckpt.latest_step()) is not None:
         source = ckpt
         _check_same_run(run, ckpt.read_meta(step))

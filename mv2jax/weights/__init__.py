@@ -3,7 +3,15 @@ cache, and the timm <-> mv2jax state-dict mapping. Nothing here imports the mode
 
 from mv2jax.weights.checkpoint import adapt_input_conv, read_checkpoint, read_safetensors
 from mv2jax.weights.hub import hub_config, hub_download, hub_weights
-from mv2jax.weights.orbax_io import read_orbax, read_orbax_state_dict, read_orbax_weights, write_orbax_state
+from mv2jax.weights.orbax_io import (
+    CHECKPOINTS_DIR,
+    checkpoint_steps,
+    read_orbax,
+    read_orbax_state_dict,
+    read_orbax_weights,
+    step_directory,
+    write_orbax_state,
+)
 from mv2jax.weights.state_dict import (
     CheckpointMismatchError,
     check_state_dict,
@@ -13,9 +21,11 @@ from mv2jax.weights.state_dict import (
 )
 
 __all__ = [
+    "CHECKPOINTS_DIR",
     "CheckpointMismatchError",
     "adapt_input_conv",
     "check_state_dict",
+    "checkpoint_steps",
     "hub_config",
     "hub_download",
     "hub_weights",
@@ -26,6 +36,7 @@ __all__ = [
     "read_orbax_state_dict",
     "read_orbax_weights",
     "read_safetensors",
+    "step_directory",
     "timm_to_mv2jax",
     "write_orbax_state",
 ]

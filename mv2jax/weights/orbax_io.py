@@ -11,6 +11,32 @@ import numpy as np
 
 from mv2jax.weights.state_dict import to_timm_layout
 
+CHECKPOINTS_DIR = "checkpoints"  # where a train.py run directory keeps its step directories
+
+
+def checkpoint_steps(path: str | os.PathLike) -> tuple[Path, int | None]:
+    """(checkpoints directory, step) of a train.py step directory (`RUN/checkpoints/440`), a checkpoints directory
+    or a run directory (its latest step). step is None when there is no checkpoint there."""
+    path = Path(path).absolute()
+    if path.name.isdigit() and (path / "meta").exists():
+        return path.parent, int(path.name)
+    root = path / CHECKPOINTS_DIR if (path / CHECKPOINTS_DIR).is_dir() else path
+    steps = (
+        sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "meta").exists())
+        if root.is_dir()
+        else []
+    )
+    return root, (steps[-1] if steps else None)
+
+
+def step_directory(path: str | os.PathLike) -> Path:
+    """`path` itself, unless it is a train.py run or checkpoints directory: then its latest step directory."""
+    path = Path(path)
+    if (path / "state").is_dir():
+        return path
+    root, step = checkpoint_steps(path)
+    return path if step is None else root / str(step)
+
 
 def _checkpointer():
     import orbax.checkpoint as ocp
@@ -45,8 +71,9 @@ def local_restore_target(item_dir: str | os.PathLike) -> Any:
     import jax
     import orbax.checkpoint as ocp
 
-    with ocp.StandardCheckpointer() as ckpt:
-        metadata = ckpt.metadata(Path(item_dir).absolute()).item_metadata
+    # the item's handler reads an item directory as it is (a checkpointer would look for a checkpoint's own
+    # metadata file there, and warn that it is missing)
+    metadata = ocp.StandardCheckpointHandler().metadata(Path(item_dir).absolute())
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def leaf(m: Any) -> Any:

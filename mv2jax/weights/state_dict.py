@@ -13,7 +13,12 @@ _TORCH_ONLY = ("num_batches_tracked",)
 
 
 class CheckpointMismatchError(ValueError):
-    """A state dict that does not fit the model: every missing, unexpected and wrong-shaped key at once."""
+    """A state dict that does not fit the model: every missing, unexpected and wrong-shaped key at once.
+    `misfits`: that list alone (`2 wrong shapes (classifier.bias (1000,) vs model (3,), ...)`)."""
+
+    def __init__(self, message: str, misfits: str = "") -> None:
+        super().__init__(message)
+        self.misfits = misfits
 
 
 def model_variables(model: nnx.Module) -> dict[str, nnx.Variable]:
@@ -99,10 +104,11 @@ def check_state_dict(
         parts.append(f"{len(unexpected)} unexpected ({_short(unexpected)})")
     if wrong:
         parts.append(f"{len(wrong)} wrong shapes ({_short(wrong, 3)})")
-    name = model_name or type(model).__name__
+    name, misfits = model_name or type(model).__name__, "; ".join(parts)
     raise CheckpointMismatchError(
-        f"checkpoint does not fit {name}: {'; '.join(parts)}. Is it from another variant or head? "
-        "Create the model the checkpoint was saved from, or pass num_classes= to re-initialise the classifier."
+        f"checkpoint does not fit {name}: {misfits}. Is it from another variant or head? "
+        "Create the model the checkpoint was saved from, or pass num_classes= to re-initialise the classifier.",
+        misfits,
     )
 
 

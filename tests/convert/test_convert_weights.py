@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 import mv2jax
 from mv2jax.convert import cli, from_timm, read_checkpoint, read_orbax, to_timm
 from mv2jax.convert.verify import top_k_agreement
+from mv2jax.models import ModelMeta
 from mv2jax.weights import orbax_io, state_dict
 from tests.timm_reference import state_dict_numpy, timm_model
 
@@ -92,7 +93,9 @@ def test_export_directory_loads_like_a_hub_repo_with_timm_config(mv2jax_dir, tmp
     assert run("--to-timm", "--input", mv2jax_dir, "--output", out) == 0
     loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True)
     assert_state_dicts_equal(state_dict_numpy(loaded), load_file(str(out)))
-    assert loaded.pretrained_cfg["tag"] == "untrained" and loaded.num_classes == 1000
+    assert loaded.num_classes == 1000
+    # the weights are a file's, not timm's published ones: no tag, and the description names where they came from
+    assert "tag" not in loaded.pretrained_cfg and str(mv2jax_dir) in loaded.pretrained_cfg["description"]
 
 
 @pytest.mark.parametrize(
@@ -110,6 +113,26 @@ def test_config_json_is_what_timm_save_for_hf_writes(name, kwargs, tmp_path):
     save_config_for_hf(timm.create_model(name, **kwargs), path)
     ours = json.dumps(to_timm.timm_hf_config(mv2jax.create_model(name, **kwargs)), indent=2)
     assert json.loads(ours) == json.loads(path.read_text())
+
+
+def test_config_json_of_a_fine_tune_is_timms_with_its_data_config_and_label_names_and_no_tag(tmp_path):
+    """A fine-tuned model's config.json: timm's `save_config_for_hf` given the trained data config and the class
+    names, except that the published tag makes way for a description naming the weights' source."""
+    from timm.models._hub import save_config_for_hf
+
+    trained = {"input_size": [3, 96, 96], "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center"}
+    trained |= {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    names = ["cat", "dog", "fish"]
+    path = tmp_path / "config.json"
+    save_config_for_hf(
+        timm.create_model("mobilenetv2_100", num_classes=3), path, {"label_names": names}, data_config=trained
+    )
+    expected = json.loads(path.read_text())
+    del expected["pretrained_cfg"]["tag"]
+    expected["pretrained_cfg"]["description"] = "mobilenetv2_100 weights from RUN, not timm's published weights"
+    meta = ModelMeta("mobilenetv2_100", "mobilenetv2_100", 3, "RUN", class_names=tuple(names), data_config=trained)
+    ours = json.dumps(to_timm.timm_hf_config(mv2jax.create_model("mobilenetv2_100", num_classes=3), meta), indent=2)
+    assert json.loads(ours) == expected
 
 
 def test_ema_flag_exports_the_ema_weights_of_a_training_checkpoint(timm_weights, tmp_path):

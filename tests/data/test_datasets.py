@@ -122,6 +122,7 @@ def test_digits_split_is_fixed_disjoint_and_stratified():
     np.testing.assert_array_equal(Digits("val").images, val.images)  # timm's split synonyms; deterministic
     img, label = val[0]
     assert img.mode == "RGB" and img.size == (32, 32) and label == val.labels[0] and val.num_classes == 10
+    assert val.class_names == tuple("0123456789")
     assert Digits("train", image_size=16)[0][0].size == (16, 16)
 
 
@@ -137,7 +138,7 @@ class TinyTfdsImages(tfds.core.GeneratorBasedBuilder):
         features = tfds.features.FeaturesDict(
             {
                 "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-                "label": tfds.features.ClassLabel(num_classes=3),
+                "label": tfds.features.ClassLabel(names=["ant", "bee", "cow"]),
             }
         )
         return self.dataset_info_from_configs(features=features, supervised_keys=("image", "label"))
@@ -164,6 +165,7 @@ def tfds_dir(tmp_path_factory) -> str:
 def test_tfds_array_record_source_reads_encoded_images_and_labels(tfds_dir):
     ds = create_dataset("tfds/tiny_tfds_images", root=tfds_dir, split="val")  # timm synonym -> 'validation'
     assert len(ds) == 5 and ds.num_classes == 3 and ds.split == "validation"
+    assert ds.class_names == ("ant", "bee", "cow")  # TFDS's label names, recorded by train.py
     expected = {(_tiny_pixels(i).tobytes(), i % 3) for i in range(100, 105)}  # record order is TFDS's
     got = set()
     for i in range(len(ds)):

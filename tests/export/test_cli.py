@@ -50,8 +50,10 @@ def test_export_from_a_timm_file_writes_artifact_and_sidecar_and_verifies(capsys
     sidecar = json.loads(Path(f"{out}.json").read_text())
     cfg = resolve_data_config(variants("mobilenetv2_035").model, img_size=IMG_SIZE)
     assert sidecar == {
+        "schema": 2,
         "format": "onnx",
-        "model": "mobilenetv2_035.untrained",
+        "model": "mobilenetv2_035",  # a file's weights are not timm's published ones: no tag, the file named
+        "source": str(timm_file.absolute()),
         "mv2jax_version": mv2jax.__version__,
         "input_size": [3, IMG_SIZE, IMG_SIZE],
         "layout": "nchw",
@@ -62,7 +64,7 @@ def test_export_from_a_timm_file_writes_artifact_and_sidecar_and_verifies(capsys
         "crop_mode": cfg["crop_mode"],
         "interpolation": cfg["interpolation"],
         "num_classes": 1000,
-        "labels": "imagenet-1k",
+        "class_names": None,
     }
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]
 

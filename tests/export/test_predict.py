@@ -15,7 +15,7 @@ from mv2jax.predict import imagenet_class_names, main
 
 def test_shipped_class_names_equal_timms_imagenet_1k_names():
     info = ImageNetInfo()
-    assert imagenet_class_names() == [info.index_to_description(i) for i in range(info.num_classes())]
+    assert list(imagenet_class_names()) == [info.index_to_description(i) for i in range(info.num_classes())]
 
 
 def _top5(capsys, argv) -> tuple[int, list[str]]:
@@ -25,7 +25,8 @@ def _top5(capsys, argv) -> tuple[int, list[str]]:
 
 def test_predict_prints_the_artifacts_top5_classes_by_name(capsys, tmp_path, variants):
     v = variants("mobilenetv2_035")
-    v.export(tmp_path / "m.onnx", "onnx", batch_size=2)  # fixed batch: 3 images run as 2 padded batches
+    # fixed batch: 3 images run as 2 padded batches
+    v.export(tmp_path / "m.onnx", "onnx", batch_size=2, class_names=imagenet_class_names())
     photo = photo_path(None)
     code, lines = _top5(capsys, [photo, photo, photo, "--artifact", tmp_path / "m.onnx"])
     run, sidecar = load_artifact(tmp_path / "m.onnx")

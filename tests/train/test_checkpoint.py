@@ -1,6 +1,6 @@
 """Training checkpoints: round trip, retention (last N + best), the mv2jax checkpoint form, preemption, and exact
-resume of `python train.py` after SIGTERM and after kill -9 (final state equal, array by array, to an
-uninterrupted run's)."""
+resume of `python train.py` after SIGTERM, after Ctrl-C through `| tee` and after kill -9 (final state equal, array
+by array, to an uninterrupted run's)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+import portpicker
 import pytest
 
 from mv2jax.convert import read_checkpoint, read_orbax
@@ -26,6 +28,8 @@ from mv2jax.train.optim import create_optimizer
 from mv2jax.train.schedules import create_schedule
 from mv2jax.train.state import TrainState
 from mv2jax.weights.orbax_io import local_restore_target
+from tests.polling import within
+from tests.train.devices import xla_flags
 
 REPO = Path(__file__).resolve().parents[2]
 # A tiny run: 4 epochs x 4 updates of 16 digits at 32x32, with everything that carries state across a resume:
@@ -92,6 +96,7 @@ FINAL_STEP = 16
 # Compiled train/eval steps are cached across the test processes (same flags -> same programs).
 COMPILE_CACHE = Path(tempfile.gettempdir()) / "mv2jax-test-compile-cache"
 TIMEOUT = 400
+SIGNAL_GAP_S = 0.1  # between two signals sent one after the other (two Ctrl-C): each arrives on its own
 
 
 # --- unit tests on a tiny hand-made train state ------------------------------------------------------------------
@@ -251,27 +256,78 @@ def test_sigterm_becomes_a_stop_request_and_the_handler_is_restored():
     with PreemptionGuard(multi_process=False) as guard:
         assert not guard.requested(0)
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.01)
-        assert guard.requested(1)
+        assert within(5, lambda: guard.requested(1))
+        assert not guard.interrupted
     assert signal.getsignal(signal.SIGTERM) is before
     assert signal.SIGTERM not in signal.sigpending()  # consumed: leaving the guard does not kill the process
 
 
-def test_processes_started_inside_the_guard_ignore_sigterm():
-    """Data-loading workers inherit the blocked SIGTERM: a signal to the whole process group stops only the
-    training process, which then closes its workers itself."""
+def test_a_first_ctrl_c_is_a_stop_request_and_a_second_raises_keyboard_interrupt_at_once():
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with PreemptionGuard(multi_process=False) as guard:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert within(5, lambda: guard.requested(0))
+            assert guard.interrupted and guard.signal_received == signal.SIGINT
+            os.kill(os.getpid(), signal.SIGINT)
+            within(5, lambda: False)  # the KeyboardInterrupt comes while this waits
+            pytest.fail("a second Ctrl-C did not raise KeyboardInterrupt")
+    assert signal.getsignal(signal.SIGINT) is before
+    assert signal.SIGINT not in signal.sigpending()
+
+
+def test_processes_started_inside_the_guard_ignore_sigterm_and_ctrl_c():
+    """Data-loading workers inherit the blocked signals: a signal to the whole process group (SLURM's SIGTERM, a
+    terminal's Ctrl-C) stops only the training process, which then closes its workers itself."""
     with PreemptionGuard(multi_process=False):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        child.send_signal(signal.SIGTERM)
-        with pytest.raises(subprocess.TimeoutExpired):
-            child.wait(1.0)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            child.send_signal(sig)
+            with pytest.raises(subprocess.TimeoutExpired):
+                child.wait(1.0)
     finally:
         child.kill()
         child.wait()
 
 
-# --- exact resume of train.py after SIGTERM and kill -9 ----------------------------------------------------------
+def test_ctrl_c_on_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
+    """With several processes a Ctrl-C goes through JAX's preemption sync service, as SIGTERM does: every process
+    stops at the same step (one that stopped alone would leave the others waiting in a collective)."""
+    port = portpicker.pick_unused_port()
+    env = dict(_env(), XLA_FLAGS=xla_flags())  # one CPU device each
+    worker = [sys.executable, str(Path(__file__).with_name("preemption_worker.py")), f"127.0.0.1:{port}", "2"]
+    procs = [
+        subprocess.Popen(
+            [*worker, str(i), str(tmp_path / "checkpoints")],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            while (line := p.stdout.readline()) and line.strip() != "ready":
+                pass
+        os.kill(procs[1].pid, signal.SIGINT)
+        logs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert [p.returncode for p in procs] == [0, 0], logs
+    stops = [[line.split() for line in log.splitlines() if line.startswith("stopped ")] for log in logs]
+    assert len(stops[0]) == len(stops[1]) == 1, logs
+    (_, step0, _, interrupted0), (_, step1, _, interrupted1) = stops[0][0], stops[1][0]
+    assert step0 == step1 and (interrupted0, interrupted1) == ("False", "True"), logs
+    assert "Traceback" not in "".join(logs)
+
+
+# --- exact resume of train.py after SIGTERM, Ctrl-C and kill -9 --------------------------------------------------
 
 
 def _env() -> dict[str, str]:
@@ -279,11 +335,9 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=path, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(COMPILE_CACHE))
 
 
-def launch(run_dir: Path, *extra: str) -> subprocess.Popen:
-    """`python train.py RUN_FLAGS` into `run_dir` (stdout/stderr to files there), in its own process group."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    n = len(list(run_dir.glob("stdout*")))
-    cmd = [
+def train_command(run_dir: Path, *extra: str) -> list[str]:
+    """`python train.py RUN_FLAGS` into `run_dir`."""
+    return [
         sys.executable,
         "train.py",
         *RUN_FLAGS,
@@ -293,6 +347,13 @@ def launch(run_dir: Path, *extra: str) -> subprocess.Popen:
         run_dir.name,
         *extra,
     ]
+
+
+def launch(run_dir: Path, *extra: str) -> subprocess.Popen:
+    """`python train.py RUN_FLAGS` into `run_dir` (stdout/stderr to files there), in its own process group."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    n = len(list(run_dir.glob("stdout*")))
+    cmd = train_command(run_dir, *extra)
     return subprocess.Popen(
         cmd,
         cwd=REPO,
@@ -301,6 +362,25 @@ def launch(run_dir: Path, *extra: str) -> subprocess.Popen:
         stderr=open(run_dir / f"stderr{n}", "w"),
         start_new_session=True,
     )
+
+
+def launch_piped(run_dir: Path, reader: list[str], *extra: str) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """`python train.py RUN_FLAGS | READER` as a shell in a terminal runs it: both in one new process group, a job
+    (a terminal's Ctrl-C reaches both, and the data workers), READER's output in `run_dir/stdoutN`, train.py's
+    stderr in `stderrN`. Returns (train.py, READER)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    n = len(list(run_dir.glob("stdout*")))
+    pipe = subprocess.Popen(reader, stdin=subprocess.PIPE, stdout=open(run_dir / f"stdout{n}", "w"), process_group=0)
+    proc = subprocess.Popen(
+        train_command(run_dir, *extra),
+        cwd=REPO,
+        env=_env(),
+        stdout=pipe.stdin,
+        stderr=open(run_dir / f"stderr{n}", "w"),
+        process_group=pipe.pid,
+    )
+    pipe.stdin.close()  # train.py holds the only writing end: the reader's exit closes the pipe
+    return proc, pipe
 
 
 def output(run_dir: Path, n: int) -> str:
@@ -324,15 +404,36 @@ def steps_saved(run_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
 
 
-def interrupt_after_first_checkpoint(procs: dict[Path, tuple[subprocess.Popen, int]]) -> dict[Path, int]:
-    """Send each process group its signal (as SLURM does: data workers get it too) as soon as its run directory
-    holds a committed checkpoint; return the steps saved at that moment."""
-    seen, deadline = {}, time.monotonic() + TIMEOUT
+def has_checkpoint(run_dir: Path) -> bool:
+    return bool(steps_saved(run_dir))
+
+
+def has_data_worker(pid: int) -> bool:
+    """Whether process `pid` has started a data-loading worker (a multiprocessing child: Linux's /proc). train.py
+    starts its train loader's worker when it asks for its first batch, after its first stop check: a signal sent
+    then arrives while that update's batch loads and its step compiles."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and "spawn_main" in (stat.parent / "cmdline").read_text():
+                return True
+        except (OSError, IndexError, ValueError):  # a process that ended meanwhile
+            continue
+    return False
+
+
+def interrupt_when(procs: dict[Path, tuple[subprocess.Popen, tuple[int, ...], Callable[[Path], bool]]]) -> set[Path]:
+    """Send each process group its signals (as SLURM or a terminal does: data workers get them too), `SIGNAL_GAP_S`
+    apart, as soon as `ready(run_dir)`; return the run directories signalled."""
+    seen: set[Path] = set()
+    deadline = time.monotonic() + TIMEOUT
     while len(seen) < len(procs) and time.monotonic() < deadline:
-        for run_dir, (proc, sig) in procs.items():
-            if run_dir not in seen and steps_saved(run_dir):
-                os.killpg(proc.pid, sig)
-                seen[run_dir] = steps_saved(run_dir)[-1]
+        for run_dir, (proc, signals, ready) in procs.items():
+            if run_dir not in seen and ready(run_dir):
+                for i, sig in enumerate(signals):
+                    time.sleep(SIGNAL_GAP_S if i else 0)
+                    os.killpg(os.getpgid(proc.pid), sig)
+                seen.add(run_dir)
             assert run_dir in seen or proc.poll() is None, output(run_dir, 0)
         time.sleep(0.02)
     return seen
@@ -351,20 +452,28 @@ def final_state(run_dir: Path, step: int = FINAL_STEP) -> dict:
 
 @pytest.fixture(scope="module")
 def resumed_runs(tmp_path_factory) -> dict[str, Path]:
-    """An uninterrupted run, a run stopped by SIGTERM and one killed with -9 (all at once), then both reruns.
-    The SIGTERM run loads data with a worker process (-j 1; batches do not depend on the worker count)."""
+    """An uninterrupted run, a run stopped by SIGTERM and one killed with -9 after their first checkpoint, and one
+    through `| tee` sent Ctrl-C while its first update loads and compiles (all at once), then the three reruns. The
+    SIGTERM and Ctrl-C runs load data with a worker process (-j 1; batches do not depend on the worker count)."""
     root = tmp_path_factory.mktemp("resume")
-    dirs = {name: root / name for name in ("reference", "sigterm", "kill9")}
-    procs = {name: launch(d, *(["-j", "1"] if name == "sigterm" else [])) for name, d in dirs.items()}
-    first = interrupt_after_first_checkpoint(
-        {dirs["sigterm"]: (procs["sigterm"], signal.SIGTERM), dirs["kill9"]: (procs["kill9"], signal.SIGKILL)}
+    dirs = {name: root / name for name in ("reference", "sigterm", "kill9", "sigint")}
+    workers = {"sigterm": ["-j", "1"], "sigint": ["-j", "1"]}
+    procs = {name: launch(d, *workers.get(name, [])) for name, d in dirs.items() if name != "sigint"}
+    procs["sigint"], tee = launch_piped(dirs["sigint"], ["tee"], *workers["sigint"])
+    signalled = interrupt_when(
+        {
+            dirs["sigterm"]: (procs["sigterm"], (signal.SIGTERM,), has_checkpoint),
+            dirs["kill9"]: (procs["kill9"], (signal.SIGKILL,), has_checkpoint),
+            dirs["sigint"]: (procs["sigint"], (signal.SIGINT,), lambda _: has_data_worker(procs["sigint"].pid)),
+        }
     )
     codes = {name: wait(p, dirs[name], 0) for name, p in procs.items()}
-    assert codes == {"reference": 0, "sigterm": 0, "kill9": -signal.SIGKILL}, {
+    tee.wait(TIMEOUT)
+    assert codes == {"reference": 0, "sigterm": 0, "kill9": -signal.SIGKILL, "sigint": 130}, {
         n: output(d, 0)[-2000:] for n, d in dirs.items()
     }
-    assert len(first) == 2
-    reruns = {name: launch(dirs[name], *(["-j", "1"] if name == "sigterm" else [])) for name in ("sigterm", "kill9")}
+    assert len(signalled) == 3
+    reruns = {name: launch(dirs[name], *workers.get(name, [])) for name in ("sigterm", "kill9", "sigint")}
     for name, p in reruns.items():
         assert wait(p, dirs[name], 1) == 0, output(dirs[name], 1)[-3000:]
     return dirs
@@ -391,6 +500,25 @@ def test_kill_9_loses_at_most_an_epoch_and_a_rerun_ends_exactly_as_an_uninterrup
     assert (run_dir / "summary.csv").read_text() == (resumed_runs["reference"] / "summary.csv").read_text()
     leftovers = [p.name for p in (run_dir / "checkpoints").iterdir() if not p.name.isdigit()]
     assert leftovers == []  # no temporary directory of an interrupted save survives
+
+
+def test_ctrl_c_through_tee_saves_mid_epoch_exits_130_with_one_line_and_a_rerun_ends_exactly_as_before(
+    resumed_runs,
+):
+    """The terminal's Ctrl-C reaches train.py, its data worker and tee, which exits at once: train.py finishes the
+    update being compiled, saves there (mid-epoch), says on stderr how to resume, and exits 130; nothing else on
+    stderr."""
+    run_dir = resumed_runs["sigint"]
+    err = (run_dir / "stderr0").read_text()
+    assert "Traceback" not in err and "leaked" not in err and "terminate called" not in err, err[-3000:]
+    prefix = "train.py: interrupted: checkpoint saved at update "
+    assert err.startswith(prefix) and err.count("\n") == 1, err[-3000:]
+    assert err.rstrip().endswith(f"in {run_dir.absolute()}; rerun the same command to resume"), err
+    stopped_at = int(err[len(prefix) :].split()[0])
+    assert stopped_at == 1  # at the end of the compilation, in the middle of epoch 0
+    assert f"Resumed from {run_dir.absolute()}/checkpoints/{stopped_at}" in output(run_dir, 1)
+    assert_trees_equal(final_state(run_dir), final_state(resumed_runs["reference"]))
+    assert (run_dir / "summary.csv").read_text() == (resumed_runs["reference"] / "summary.csv").read_text()
 
 
 def test_close_waits_for_orbax_temp_directory_cleanup(tmp_path, monkeypatch):

@@ -21,13 +21,17 @@ RECIPE = (
 )
 
 
+# the recipe on a dataset: without one, any flags change the demo run instead
+RECIPE_ARGV = [*RECIPE.split(), "--data-dir", "/data/imagenet"]
+
+
 def parse(argv: list[str]) -> tuple[TrainConfig, str]:
     out = io.StringIO()
     return parse_config(argv, out=out), out.getvalue()
 
 
 def test_recipe_command_line_parses_to_the_recipe_and_timm_defaults():
-    config, printed = parse(RECIPE.split())
+    config, printed = parse(RECIPE_ARGV)
     given = dict(
         model="mobilenetv2_100",
         batch_size=384,
@@ -104,7 +108,7 @@ def test_jax_meaningless_flags_are_accepted_and_print_one_mapping_line_each():
         "--grad-accum-steps",
         "1",
     ]
-    config, printed = parse(RECIPE.split() + flags)
+    config, printed = parse(RECIPE_ARGV + flags)
     lines = printed.splitlines()
     expected = [f for f in flags if f.startswith("--")]
     assert [line.split(":")[0] for line in lines] == [
@@ -112,7 +116,7 @@ def test_jax_meaningless_flags_are_accepted_and_print_one_mapping_line_each():
     ]
     assert "--channels-last: mv2jax is always NHWC" in lines
     assert any(line.startswith("--amp-dtype: ") and "bfloat16" in line for line in lines)
-    assert config == parse(RECIPE.split())[0]  # they change nothing
+    assert config == parse(RECIPE_ARGV)[0]  # they change nothing
 
 
 def test_unknown_flag_is_an_argparse_error(capsys):
@@ -148,6 +152,7 @@ def test_yaml_values_are_defaults_and_the_command_line_wins(tmp_path):
                 "model_ema": True,
                 "scale": [0.5, 1.0],
                 "opt": "rmsproptf",
+                "dataset": "digits",
                 "channels_last": True,
             }
         )
@@ -175,7 +180,7 @@ def test_yaml_with_an_unknown_key_is_an_error(tmp_path, capsys):
 
 
 def test_saved_config_round_trips_through_yaml_and_as_a_config_file(tmp_path):
-    config, _ = parse(RECIPE.split() + ["--mean", "0.5", "0.5", "0.5", "--input-size", "3", "160", "160"])
+    config, _ = parse(RECIPE_ARGV + ["--mean", "0.5", "0.5", "0.5", "--input-size", "3", "160", "160"])
     text = yaml.safe_dump(config.to_dict())
     assert config_from_dict(yaml.safe_load(text)) == config
     path = tmp_path / "args.yaml"
@@ -188,15 +193,35 @@ def test_no_arguments_is_the_quick_digits_run():
     assert printed.startswith("no arguments: quick demo run (--model mobilenetv2_035 --dataset digits")
     for name, value in QUICK_RUN.items():
         assert getattr(config, name) == value, name
-    with_flag, _ = parse(["--dataset", "digits"])
-    assert with_flag.model == "mobilenetv2_100"  # any argument at all means timm's defaults
+    with_dataset, printed = parse(["--dataset", "digits"])
+    assert with_dataset.model == "mobilenetv2_100" and printed == ""  # a dataset given: timm's defaults
+
+
+def test_flags_without_a_dataset_are_the_demo_run_with_those_flags(tmp_path):
+    config, printed = parse(["--epochs", "30", "--output", "runs"])
+    assert printed.startswith("no dataset given (--data-dir, --dataset): quick demo run (--model mobilenetv2_035 ")
+    assert printed.endswith(" with --epochs 30 --output runs\n") and printed.count("\n") == 1
+    assert (config.epochs, config.output) == (30, "runs")
+    for name, value in QUICK_RUN.items():
+        if name != "epochs":
+            assert getattr(config, name) == value, name
+    # a -c file is applied over the demo (its dataset, if any, means no demo at all); the command line wins over it
+    path = tmp_path / "cfg.yaml"
+    path.write_text("epochs: 3\nlr: 0.01\n")
+    config, _ = parse(["-c", str(path), "--lr", "0.02"])
+    assert (config.model, config.epochs, config.lr, config.batch_size) == ("mobilenetv2_035", 3, 0.02, 64)
+    path.write_text("data_dir: /data/imagenet\n")
+    config, printed = parse(["-c", str(path), "--epochs", "3"])
+    assert (config.model, config.epochs, config.batch_size, printed) == ("mobilenetv2_100", 3, 128, "")
+    for argv in (["/data/imagenet"], ["--data-dir", "/data/imagenet"], ["--dataset", "tfds/imagenet2012"]):
+        assert parse(argv)[0].model == "mobilenetv2_100", argv
 
 
 def test_aliases_map_to_timm_dest_names():
     for argv in (["-vb", "48"], ["--validation-batch-size", "48"], ["--val-batch-size", "48"]):
         assert parse(argv)[0].validation_batch_size == 48
     assert parse(["/data/imagenet"])[0].data_dir == "/data/imagenet"  # timm's deprecated positional
-    assert parse(["--drop-connect", "0.1"])[0].drop_path_rate == 0.1
+    assert parse(["--drop-connect", "0.1", "/data/imagenet"])[0].drop_path_rate == 0.1
     assert parse(["--dr", "0.5", "-j", "2"])[0].decay_rate == 0.5
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +20,9 @@ from mv2jax.train.config import ConfigError, config_from_dict, parse_config
 from mv2jax.train.run import RESUME_IDENTITY, _check_same_run
 from tests.train.test_checkpoint import (
     FINAL_STEP,
+    REPO,
     RUN_FLAGS,
+    TIMEOUT,
     assert_trees_equal,
     final_state,
     launch,
@@ -143,3 +147,41 @@ def test_auto_resume_refuses_a_checkpoint_of_another_run(tmp_path):
         with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')}"):
             _check_same_run(run, {"config": other})
     _check_same_run(run, {"config": dict(config.to_dict(), epochs=10, lr=0.5)})  # may change on resume
+
+
+def test_each_epoch_line_gives_its_train_eval_and_checkpoint_time_apart(short_run):
+    text = output(short_run, 0)
+    lines = [line for line in text.splitlines() if line.startswith("Epoch ")]
+    records = epoch_records(short_run)
+    assert len(lines) == len(records) == EPOCHS
+    for line, rec in zip(lines, records, strict=True):
+        times = [rec[f"{name}_time"] for name in ("train", "eval", "checkpoint")]
+        assert all(t > 0 for t in times), rec
+        expected = f"train {times[0]:.1f} s, eval {times[1]:.1f} s, checkpoint {times[2]:.1f} s"
+        assert line.endswith(f" | {expected}"), line
+    wall = float(text.split("Done: ")[1].split(" s;")[0].split(" in ")[1])
+    assert sum(rec["train_time"] + rec["eval_time"] + rec["checkpoint_time"] for rec in records) <= wall
+
+
+def test_reading_its_checkpoints_prints_no_absl_or_orbax_warning(short_run, tmp_path):
+    """validate, export, predict and convert_weights.py on a train.py step directory and on convert_weights.py's
+    own output: nothing at all on stderr."""
+    step = short_run / "checkpoints" / str(steps_saved(short_run)[-1])
+    converted = tmp_path / "converted"
+    code = f"""
+import runpy
+from mv2jax import predict, validate
+from mv2jax.convert.verify import photo_path
+from mv2jax.export.source import load_model
+convert = runpy.run_path("convert_weights.py", run_name="not_main")["main"]
+timm_file = {str(tmp_path / "m.safetensors")!r}
+assert convert(["--to-timm", "--input", {str(step)!r}, "--output", timm_file]) == 0
+assert convert(["--model", "mobilenetv2_035", "--checkpoint", timm_file, "--output", {str(converted)!r}]) == 0
+for directory in ({str(step)!r}, {str(converted)!r}):
+    validate.load_model(validate.build_parser().parse_args(["--checkpoint", directory]))
+    load_model(None, checkpoint=directory)
+    assert predict.main([str(photo_path(None)), "--checkpoint", directory, "--img-size", "32"]) == 0
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr == "", done.stderr[-3000:]
