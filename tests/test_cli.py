@@ -62,6 +62,8 @@ BAD_VALUES = [
     ("mv2jax.lowering", ["--out", "x.json", "--conv-impl", "auto"]),
     ("mv2jax.benchmark", ["--repeats", "x"]),
     ("mv2jax.bench.timm_train_compare", ["--out", "out", "--seeds", "x"]),
+    ("mv2jax.bench.timm_train_compare", ["--out", "out", "--num-seeds", "0"]),
+    ("mv2jax.bench.timm_train_compare", ["--out", "out", "--num-seeds", "2", "--seeds", "1"]),
 ]
 MODEL_SOURCE_CLIS = {
     "mv2jax.validate": (validate.build_parser, []),

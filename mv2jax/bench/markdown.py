@@ -17,7 +17,8 @@ def _num(value: float | None, spec: str = ".1f") -> str:
     return "" if value is None else format(value, spec)
 
 
-def _versions(machine: dict[str, Any]) -> str:
+def versions(machine: dict[str, Any]) -> str:
+    """The installed versions `machine_info` recorded, as 'jax 0.10.2, flax ...' (absent packages left out)."""
     names = CORE_PACKAGES + OPTIONAL_PACKAGES
     return ", ".join(f"{n} {machine[n]}" for n in names if machine.get(n))
 
@@ -46,7 +47,7 @@ def markdown_section(report: dict[str, Any], title: str) -> str:
         f"- Machine: {m['cpu_model']}, {m['cores_available']} cores available; threads: "
         f"{report['threads']['description']}; host memory: {report.get('host_memory', '-')}; load average "
         f"before/after: {report['load_before']} / {report['load_after']}",
-        f"- Versions: Python {m['python']}, {_versions(m)}",
+        f"- Versions: Python {m['python']}, {versions(m)}",
         f"- Command: `{report.get('command', 'not recorded')}`",
         f"- Model: {cfg['model']} at {cfg['img_size']}x{cfg['img_size']}, float32; medians of {cfg['repeats']} timed "
         f"runs; conv_impl auto -> {report['conv_impl_auto']}",
@@ -83,8 +84,13 @@ def markdown_section(report: dict[str, Any], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def append_section(path: str | Path, report: dict[str, Any], title: str) -> None:
-    """Append the section to `path` (created with a heading if missing), atomically."""
+def append_markdown(path: str | Path, section: str) -> None:
+    """Append `section` to `path` (created with a heading if missing), atomically."""
     path = Path(path)
     old = path.read_text() if path.exists() else "# Benchmarks\n"
-    write_atomic(path, (old.rstrip("\n") + "\n\n" + markdown_section(report, title)).encode())
+    write_atomic(path, (old.rstrip("\n") + "\n\n" + section).encode())
+
+
+def append_section(path: str | Path, report: dict[str, Any], title: str) -> None:
+    """Append the benchmark's section for `report` to `path` (created with a heading if missing), atomically."""
+    append_markdown(path, markdown_section(report, title))

@@ -1,13 +1,14 @@
 """A stand-in for timm's train.py (not shipped in timm's wheel or sdist) for `timm_train_compare`.
 
 It follows the code path timm's train.py (1.0.x) takes for a single-process CPU run without AMP, mixup,
-grad accumulation or checkpoint saving, with timm's own library pieces: utils.random_seed, create_model (+ the
---head-init-scale multiply), resolve_data_config, create_dataset/create_loader (RandAugment, random erasing via
-the prefetcher, random interpolation), create_optimizer_v2(**optimizer_kwargs), create_scheduler_v2
-(**scheduler_kwargs, updates_per_epoch=len(loader)), utils.ModelEmaV3(decay, use_warmup), LabelSmoothingCrossEntropy
-for training and nn.CrossEntropyLoss for validation, the per-update loop (forward, backward, step, zero_grad,
-ema.update(step=num_updates), scheduler.step_update(num_updates)), validation of the raw model then the EMA, and
-utils.update_summary with the EMA metrics and the mean param-group lr. It prints timm's 'Test:' / 'Test (EMA):' lines.
+grad accumulation or checkpoint saving, with timm's own library pieces: utils.random_seed, create_model (with
+--initial-checkpoint its strict load_checkpoint, then the --head-init-scale multiply), resolve_data_config,
+create_dataset/create_loader (RandAugment, random erasing via the prefetcher, random interpolation),
+create_optimizer_v2(**optimizer_kwargs), create_scheduler_v2 (**scheduler_kwargs, updates_per_epoch=len(loader)),
+utils.ModelEmaV3(decay, use_warmup), LabelSmoothingCrossEntropy for training and nn.CrossEntropyLoss for validation,
+the per-update loop (forward, backward, step, zero_grad, ema.update(step=num_updates),
+scheduler.step_update(num_updates)), validation of the raw model then the EMA, and utils.update_summary with the EMA
+metrics and the mean param-group lr. It prints timm's 'Test:' / 'Test (EMA):' lines.
 Only the flags used by mv2jax.bench.timm_train_compare are accepted (anything else is an argparse error).
 """
 
@@ -24,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
         ("--train-split", str, "train"),
         ("--val-split", str, "validation"),
         ("--model", str, "resnet50"),
+        ("--initial-checkpoint", str, ""),
         ("--num-classes", int, None),
         ("--img-size", int, None),
         ("--crop-pct", float, None),
@@ -111,8 +113,13 @@ def main():
     args = _parser().parse_args()
     device = torch.device(args.device)
     utils.random_seed(args.seed, 0)
-    model = create_model(
-        args.model, num_classes=args.num_classes, drop_rate=args.drop, drop_path_rate=args.drop_path, in_chans=3
+    model = create_model(  # as train.py: a --initial-checkpoint is load_checkpoint(model, path), strict
+        args.model,
+        num_classes=args.num_classes,
+        drop_rate=args.drop,
+        drop_path_rate=args.drop_path,
+        in_chans=3,
+        checkpoint_path=args.initial_checkpoint,
     )
     if args.head_init_scale is not None:
         with torch.no_grad():

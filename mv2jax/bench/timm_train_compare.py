@@ -1,9 +1,18 @@
-"""`python train.py` (no arguments) against timm's train.py: same data, same recipe, EMA top-1 side by side.
+"""`python train.py` (no arguments) against timm's train.py: same data, same recipe, same initial weights, N seeds a
+side, raw and EMA top-1 compared with Welch's 95% confidence interval.
 
-Run: `python -m mv2jax.bench.timm_train_compare --out DIR [--timm-train-py PATH/train.py] [--seeds 0 1 2]`.
-timm's train.py ships in neither timm's wheel nor its sdist; without `--timm-train-py` the timm side runs
-`timm_reference_train.py`, a stand-in that takes train.py's code path for a single-process CPU run with timm's own
-library pieces (create_loader, create_optimizer_v2, create_scheduler_v2, ModelEmaV3, LabelSmoothingCrossEntropy).
+Run: `python -m mv2jax.bench.timm_train_compare --out DIR [--timm-train-py PATH/train.py] [--num-seeds N | --seeds S
+...] [--no-same-init] [--markdown BENCHMARKS.md --title TEXT]`; `--from-json DIR/report.json` renders a saved run
+again without training. timm's train.py ships in neither timm's wheel nor its sdist; without `--timm-train-py` the
+timm side runs `timm_reference_train.py`, a stand-in that takes train.py's code path for a single-process CPU run
+with timm's own library pieces (create_loader, create_optimizer_v2, create_scheduler_v2, ModelEmaV3,
+LabelSmoothingCrossEntropy).
+
+The 16-seed comparison against timm's real train.py (32 training runs of the demo, most of an hour on 2 CPU cores):
+
+    git clone https://github.com/huggingface/pytorch-image-models /tmp/timm-repo   # its train.py imports timm
+    python -m mv2jax.bench.timm_train_compare --out /tmp/compare16 --timm-train-py /tmp/timm-repo/train.py \\
+        --num-seeds 16 --markdown BENCHMARKS.md --title "The demo against timm's train.py, 16 seeds"
 
 What it proves: that mv2jax's no-argument demo run (`QUICK_RUN` in mv2jax/train/config.py) learns as well as timm's
 own training script does with the same recipe on the same images. Both sides get
@@ -11,17 +20,26 @@ own training script does with the same recipe on the same images. Both sides get
   them (same split, same already-upscaled 32x32 RGB images, lossless PNG) to `DIR/data/{train,validation}/<class>/`;
   mv2jax reads the embedded set directly, timm reads the ImageFolder tree;
 - the same flags: timm's flag list is generated from `QUICK_RUN` itself (mv2jax's flag names are timm's), so the
-  two cannot drift apart; only the flags in `TIMM_EXTRA` are added.
-The table holds, per seed and side, the last epoch's raw and EMA top-1 on the held-out split, the wall time of the
-whole command (interpreter start, imports and JIT compilation included) and, on the timm rows, the largest
-relative difference between the two sides' per-epoch `lr` columns of summary.csv (0 means the same schedule).
+  two cannot drift apart; only the flags in `TIMM_EXTRA` are added;
+- the same initial weights (`--same-init`, the default): mv2jax's initial weights for each seed, exported as a timm
+  safetensors file `DIR/init/seed<S>.safetensors` and passed to both sides as `--initial-checkpoint` (a strict
+  load; both train.py's scale the classifier by `--head-init-scale` after it), so the seed-to-seed spread of the
+  initialisation is shared rather than added to the difference.
+
+Outputs in DIR: `report.json` (every run's per-epoch figures, each side's mean and sample std, the differences with
+their intervals, the command, the date and the versions: `mv2jax.bench.train_compare_report`), `report.md` (the
+BENCHMARKS.md section, also printed and appended to `--markdown FILE`), `curves.png` (per-epoch held-out top-1 raw
+and EMA, and train loss, both sides overlaid) and each run's directory and stdout under `DIR/{mv2jax,timm}/`.
+Compared, per side, over the runs that exit 0: the last epoch's raw top-1, EMA top-1 and the EMA gain over raw
+(EMA minus raw, per run); the difference mv2jax - timm with its 95% Welch interval (Welch-Satterthwaite degrees of
+freedom, Student's t quantile). Exit code 1 if any run failed.
 
 Flags that cannot be matched exactly (the rest are passed with mv2jax's values):
 - `--dataset digits`: timm has no such dataset; timm gets `--data-dir DIR/data` (the exported ImageFolder) and
   `--num-classes 10` (mv2jax's default is the dataset's class count, timm's the model's 1000).
 - `--device cpu`: timm's default is cuda; mv2jax uses JAX's default backend (CPU here). No `--amp` on either side.
-- `--seed`: same number, but the two frameworks draw different random numbers from it (initial weights, shuffling,
-  augmentation), so runs agree in distribution, not bit for bit; compare several seeds.
+- `--seed`: same number, but the two frameworks draw different random numbers from it (shuffling, augmentation,
+  dropout; the initial weights too with `--no-same-init`), so runs agree in distribution, not bit for bit.
 - `--workers 1`: same count; mv2jax's grain worker and timm's DataLoader worker differ in how they seed
   augmentation (mv2jax: per example from (seed, epoch, position); timm: per worker).
 - checkpoints: mv2jax saves every epoch (orbax), the stand-in saves none; this only affects wall time.
@@ -29,217 +47,123 @@ Flags that cannot be matched exactly (the rest are passed with mv2jax's values):
 
 from __future__ import annotations
 
-import csv
+import argparse
+import datetime
+import hashlib
 import json
-import re
-import shutil
-import subprocess
+import os
+import shlex
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from mv2jax.bench.common import machine_info
+from mv2jax.bench.markdown import append_markdown
+from mv2jax.bench.train_compare_plot import plot_curves
+from mv2jax.bench.train_compare_report import build_report, markdown_section, results_of, write_report
+from mv2jax.bench.train_compare_runs import (
+    SIDES,
+    Result,
+    export_digits,
+    export_initial_weights,
+    run_mv2jax,
+    run_timm,
+)
 from mv2jax.cli import CliParser, cli_main
-from mv2jax.train.config import QUICK_RUN, _as_flags
+from mv2jax.io import write_atomic
+from mv2jax.train.config import QUICK_RUN
 
-REPO = Path(__file__).resolve().parents[2]
-EXPERIMENT = "compare"
-TIMM_EXTRA = ("--num-classes", "10", "--device", "cpu")
-# timm's validate() log line; the number in brackets after Acc@1 is the running average (final on the last batch).
-TEST_LINE = re.compile(r"^.*?Test( \(EMA\))?: \[\s*(\d+)/(\d+)\].*?Acc@1:\s*[\d.]+\s*\(\s*([\d.]+)\)")
-
-
-@dataclass(frozen=True)
-class Result:
-    """One run: held-out top-1 (%) of the raw and EMA weights after the last epoch, wall time (s), lr per epoch."""
-
-    seed: int
-    side: str
-    raw_top1: float | None
-    ema_top1: float | None
-    wall_s: float
-    lrs: tuple[float, ...]
-    returncode: int
+PROG = "mv2jax.bench.timm_train_compare"
+STAND_IN = Path(__file__).with_name("timm_reference_train.py")
+DEFAULT_TITLE = "The demo against timm's train.py"
 
 
-def export_digits(root: Path) -> dict[str, int]:
-    """Write mv2jax's digits splits (as `python train.py` builds them) as `root/<split>/<class>/<i>.png`."""
-    from mv2jax.data.datasets import create_dataset
-
-    counts = {}
-    for split in ("train", "validation"):
-        source = create_dataset("digits", split=split, image_size=QUICK_RUN["img_size"])
-        folder = root / split
-        if folder.exists():
-            shutil.rmtree(folder)
-        for i in range(len(source)):
-            img, label = source[i]
-            (folder / str(label)).mkdir(parents=True, exist_ok=True)
-            img.save(folder / str(label) / f"{i}.png")
-        counts[split] = len(source)
-    return counts
-
-
-def quick_run_flags() -> list[str]:
-    """`python train.py` with no arguments, as explicit flags (any argument turns the QUICK_RUN defaults off)."""
-    return _as_flags(QUICK_RUN)
-
-
-def timm_flags(data_dir: Path) -> list[str]:
-    """timm train.py flags for the same recipe: QUICK_RUN without `dataset`, plus the data folder and TIMM_EXTRA."""
-    return _as_flags({k: v for k, v in QUICK_RUN.items() if k != "dataset"}) + [
-        "--data-dir",
-        str(data_dir),
-        *TIMM_EXTRA,
-    ]
-
-
-def run_logged(cmd: list[str], log: Path, cwd: Path) -> tuple[float, int]:
-    """Run `cmd` with stdout+stderr to `log`; (wall seconds, return code)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print("$ " + " ".join(cmd), flush=True)
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd).returncode
-    wall = time.perf_counter() - start
-    print(f"  -> exit {rc} after {wall:.0f} s (log {log})", flush=True)
-    return wall, rc
-
-
-def read_summary(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def last_float(rows: list[dict[str, str]], key: str) -> float | None:
-    return float(rows[-1][key]) if rows and rows[-1].get(key) else None
-
-
-def run_mv2jax(seed: int, out: Path) -> Result:
-    """mv2jax's `python train.py` with the QUICK_RUN flags, `--seed` and `--output`."""
-    base = out / "mv2jax" / f"seed{seed}"
-    shutil.rmtree(base, ignore_errors=True)  # an existing run directory would be resumed, not retrained
-    cmd = [
-        sys.executable,
-        str(REPO / "train.py"),
-        *quick_run_flags(),
-        "--seed",
-        str(seed),
-        "--output",
-        str(base),
-        "--experiment",
-        EXPERIMENT,
-    ]
-    wall, rc = run_logged(cmd, base / "stdout.log", REPO)
-    run_dir = base / EXPERIMENT
-    rows = read_summary(run_dir / "summary.csv")
-    raw = None
-    log = run_dir / "log.jsonl"
-    if log.exists():
-        epochs = [r for r in map(json.loads, log.read_text().splitlines()) if r.get("kind") == "epoch"]
-        raw = epochs[-1]["eval"]["top1"] if epochs else None
-    return Result(seed, "mv2jax", raw, last_float(rows, "eval_top1"), wall, tuple(float(r["lr"]) for r in rows), rc)
-
-
-def parse_timm_raw(log: Path) -> float | None:
-    """The raw model's top-1 of the last epoch: the last non-EMA 'Test:' line of its final batch."""
-    raw = None
-    for line in log.read_text(errors="replace").splitlines():
-        m = TEST_LINE.match(line)
-        if m and not m.group(1) and m.group(2) == m.group(3):
-            raw = float(m.group(4))
-    return raw
-
-
-def run_timm(seed: int, out: Path, train_py: Path) -> Result:
-    """timm's train.py with the equivalent flags; its summary.csv eval columns are the EMA's (--model-ema)."""
-    base = out / "timm" / f"seed{seed}"
-    shutil.rmtree(base, ignore_errors=True)  # timm would otherwise write to '<experiment>-1'
-    cmd = [
-        sys.executable,
-        str(train_py),
-        *timm_flags(out / "data"),
-        "--seed",
-        str(seed),
-        "--output",
-        str(base),
-        "--experiment",
-        EXPERIMENT,
-    ]
-    log = base / "stdout.log"
-    wall, rc = run_logged(cmd, log, train_py.parent)
-    rows = read_summary(base / EXPERIMENT / "summary.csv")
-    return Result(
-        seed, "timm", parse_timm_raw(log), last_float(rows, "eval_top1"), wall, tuple(float(r["lr"]) for r in rows), rc
-    )
-
-
-def lr_mismatch(a: Result, b: Result) -> float | None:
-    """Largest relative difference of the per-epoch lr columns (None if the epoch counts differ)."""
-    if not a.lrs or len(a.lrs) != len(b.lrs):
-        return None
-    return max(abs(x - y) / max(abs(x), abs(y), 1e-12) for x, y in zip(a.lrs, b.lrs, strict=True))
-
-
-def fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
-def table(results: list[Result]) -> str:
-    """The comparison table, one row per (seed, side), then the mean of each side."""
-    lines = [f"{'seed':>4}  {'side':<6}  {'raw top-1':>9}  {'EMA top-1':>9}  {'wall s':>6}  {'lr diff':>7}  exit"]
-    by_seed: dict[int, dict[str, Result]] = {}
-    for r in results:
-        by_seed.setdefault(r.seed, {})[r.side] = r
-    for r in results:
-        other = by_seed[r.seed].get("mv2jax")
-        diff = lr_mismatch(other, r) if r.side == "timm" and other else None
-        lines.append(
-            f"{r.seed:>4}  {r.side:<6}  {fmt(r.raw_top1, '9.2f')}  {fmt(r.ema_top1, '9.2f')}  "
-            f"{r.wall_s:>6.0f}  {fmt(diff, '7.1e') if r.side == 'timm' else '':>7}  {r.returncode}"
-        )
-    for side in ("mv2jax", "timm"):
-        rs = [r for r in results if r.side == side]
-        raws = [r.raw_top1 for r in rs if r.raw_top1 is not None]
-        emas = [r.ema_top1 for r in rs if r.ema_top1 is not None]
-        mean = lambda xs: sum(xs) / len(xs) if xs else None
-        lines.append(
-            f"{'mean':>4}  {side:<6}  {fmt(mean(raws), '9.2f')}  {fmt(mean(emas), '9.2f')}  "
-            f"{fmt(mean([r.wall_s for r in rs]), '6.0f')}"
-        )
-    return "\n".join(lines)
-
-
-@cli_main("mv2jax.bench.timm_train_compare")
-def main(argv: list[str] | None = None) -> int:
-    parser = CliParser("mv2jax.bench.timm_train_compare", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path, help="work directory (data, runs, logs)")
+def build_parser() -> CliParser:
+    parser = CliParser(PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path, help="work directory (data, runs, logs, report, curves)")
     parser.add_argument(
         "--timm-train-py",
         type=Path,
-        default=Path(__file__).with_name("timm_reference_train.py"),
+        default=STAND_IN,
         help="timm's train.py (not shipped in timm's packages; default: the stand-in built from "
         "timm's library, mv2jax/bench/timm_reference_train.py)",
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--sides", nargs="+", default=["mv2jax", "timm"], choices=["mv2jax", "timm"])
-    args = parser.parse_args(argv)
-    if "timm" in args.sides and not args.timm_train_py.is_file():
-        parser.error(f"--timm-train-py {args.timm_train_py}: no such file")
-    out = args.out.resolve()
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--num-seeds", type=int, default=8, metavar="N", help="seeds 0..N-1 (default: 8)")
+    seeds.add_argument("--seeds", type=int, nargs="+", metavar="S", help="these seeds instead of --num-seeds")
+    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
+    parser.add_argument(
+        "--same-init",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start both sides from mv2jax's initial weights for each seed (--initial-checkpoint; default: on)",
+    )
+    parser.add_argument("--markdown", type=Path, metavar="FILE", help="append the report as a section of FILE")
+    parser.add_argument("--title", default=DEFAULT_TITLE, help="the --markdown section's heading (the date is added)")
+    parser.add_argument(
+        "--from-json", type=Path, metavar="REPORT", help="render a saved report.json (curves, markdown); no training"
+    )
+    return parser
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_comparison(
+    seeds: list[int], sides: list[str], train_py: Path, same_init: bool, out: Path
+) -> tuple[list[Result], dict[str, Any]]:
+    """Export the data (and the initial weights), train each seed on each side; (results, the report's config)."""
     counts = export_digits(out / "data")
     print(f"digits exported to {out / 'data'}: {counts}", flush=True)
-    results: list[Result] = []
-    for seed in args.seeds:
-        if "mv2jax" in args.sides:
-            results.append(run_mv2jax(seed, out))
-        if "timm" in args.sides:
-            results.append(run_timm(seed, out, args.timm_train_py.resolve()))
-    text = table(results)
-    print(text)
-    (out / "table.txt").write_text(text + "\n")
+    results = []
+    for seed in seeds:
+        init = export_initial_weights(seed, out / "init" / f"seed{seed}.safetensors") if same_init else None
+        if "mv2jax" in sides:
+            results.append(run_mv2jax(seed, out, init))
+        if "timm" in sides:
+            results.append(run_timm(seed, out, train_py, init))
+    config = {
+        "recipe": dict(QUICK_RUN),
+        "seeds": seeds,
+        "sides": sides,
+        "same_init": same_init,
+        "reference": "stand-in" if train_py == STAND_IN.resolve() else "timm train.py",
+        "timm_train_py": str(train_py),
+        "timm_train_py_sha256": _sha256(train_py) if train_py.is_file() else None,
+        "images": counts,
+    }
+    return results, config
+
+
+@cli_main(PROG)
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.num_seeds < 1:
+        parser.error(f"--num-seeds must be >= 1, got {args.num_seeds}")
+    out = args.out.resolve()
+    if args.from_json:
+        report = json.loads(args.from_json.read_text())
+    else:
+        if "timm" in args.sides and not args.timm_train_py.is_file():
+            parser.error(f"--timm-train-py {args.timm_train_py}: no such file")
+        date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        command = shlex.join(["python", "-m", PROG, *(sys.argv[1:] if argv is None else argv)])
+        machine = machine_info()
+        seeds = args.seeds if args.seeds is not None else list(range(args.num_seeds))
+        results, config = run_comparison(seeds, args.sides, args.timm_train_py.resolve(), args.same_init, out)
+        machine["load_after"] = list(os.getloadavg())
+        report = build_report(results, date=date, command=command, machine=machine, config=config)
+        write_report(out / "report.json", report)
+    results = results_of(report)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_curves(results, out / "curves.png")
+    section = markdown_section(report, args.title)
+    write_atomic(out / "report.md", section.encode())
+    print(section, flush=True)
+    if args.markdown:
+        append_markdown(args.markdown, section)
     return 0 if all(r.returncode == 0 for r in results) else 1
 
 
