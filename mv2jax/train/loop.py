@@ -302,13 +302,24 @@ def _run_epochs(
     )
 
 
+def _open_compile_cache(config: TrainConfig) -> str | None:
+    """Turn on the persistent compilation cache unless the run spans processes on the CPU backend: a program read
+    back from the cache there runs its cross-process (gloo) collectives as if alone on some jax versions (0.12), and
+    the first step waits forever. Returns a note for the run log when the cache is turned off for that reason."""
+    if config.distributed and jax.default_backend() == "cpu" and config.compile_cache != "":
+        enable_compile_cache("")
+        return "Compile cache: off (several processes on the CPU backend)"
+    enable_compile_cache(config.compile_cache)
+    return None
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Run (or resume) training for `config`. Raises FloatingPointError (one line) if a step is non-finite, after
     pending checkpoint saves completed; ConfigError for a configuration that cannot run."""
     t0 = time.perf_counter()
     if config.distributed:
         initialize_distributed(config.coordinator_address, config.num_processes, config.process_id)
-    enable_compile_cache(config.compile_cache)
+    cache_note = _open_compile_cache(config)
     with PreemptionGuard(multi_process=config.distributed) as guard:  # before any loader thread or worker starts
         run, state = build_run(config)
         resumed = resume_source(run)  # --resume's checkpoint, checked before the run directory is created
@@ -320,6 +331,8 @@ def train(config: TrainConfig) -> TrainResult:
             if start.source:
                 run.say(f"Resumed from {start.source} at epoch {start.epoch}, update {start.step}")
             run.say(f"Output: {run.run_dir}")
+            if cache_note:
+                run.say(cache_note)
             run.say(f"Host allocator: {host_memory.decide(config.host_allocator).describe()}")
             if start.epoch >= run.num_epochs:
                 return _complete_result(run, start, ckpt, t0)
