@@ -4,7 +4,8 @@
 No dataset (no --data-dir or --dataset): a quick demo run (mobilenetv2_035 on the embedded digits dataset, a few
 minutes on a CPU), changed by any flags given (`python train.py --epochs 30`).
 Exit codes: 0 done (or stopped by SIGTERM after saving a checkpoint), 1 training diverged (non-finite loss; the last
-checkpoint is intact), 2 bad configuration, 130 interrupted (Ctrl-C). A first Ctrl-C stops at the next update (after
+checkpoint is intact), 2 bad configuration, 3 `--compile-only TARGET`: a step does not fit in the target chip's
+memory, 130 interrupted (Ctrl-C). A first Ctrl-C stops at the next update (after
 a compilation, an eval or a checkpoint write in progress), saves a checkpoint there and names it in one line on
 stderr; a second stops at once without saving. After either signal, rerun the same command to resume exactly.
 `kill -USR1 PID` prints the stack of every thread to stderr (to see where a stuck run waits).
@@ -42,6 +43,10 @@ def _resume_hint(config: TrainConfig, run_dir: Path | None = None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     config = parse_config(argv)
+    if config.compile_only:  # nothing is read or trained: the steps are compiled for the target and reported
+        from mv2jax.accel.compile_only import run_compile_only
+
+        return run_compile_only(config)
     check_paths(config)
     from mv2jax.train.loop import train  # after parsing: --help and flag errors need no JAX
 

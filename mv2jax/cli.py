@@ -19,6 +19,7 @@ from mv2jax.signals import ForwardToMain, tolerate_closed_pipes
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+EXIT_DOES_NOT_FIT = 3  # train.py --compile-only: a step needs more memory than the target chip has
 # Caused by what the user passed (names, files, flags, the Hub, a missing extra): one line, no traceback. Anything
 # else is a bug and keeps its traceback. CheckpointMismatchError and train's ConfigError are ValueErrors;
 # FileNotFoundError and huggingface_hub's errors are OSErrors.

@@ -166,6 +166,16 @@ class TrainConfig:
         help="mv2jax: persistent XLA compilation cache (default ~/.cache/mv2jax/xla "
         "or $JAX_COMPILATION_CACHE_DIR; '' turns it off)",
     )
+    compile_only: str | None = flag(
+        "--compile-only",
+        group=_DEVICE,
+        metavar="TARGET",
+        help="mv2jax: train nothing; compile the train and eval steps for TARGET with XLA (a TPU slice such as "
+        "v5e:2x2, v4:2x2x1, v5p:2x2x1, v6e:2x2, multi-host v5e:4x4; a GPU: h100, a100, 8xh100) and print per chip "
+        "memory vs capacity, flops and HBM bytes per image, a roofline img/s, kernels and compile time. -b is per "
+        'chip; nothing is read (--num-classes stands in for the dataset). Needs pip install "jax[tpu]" or '
+        '"jax[cuda12]" at jax\'s version. Exit 3 when a step does not fit, naming the largest batch that does',
+    )
     host_allocator: str = flag(
         "--host-allocator",
         default="auto",
@@ -475,7 +485,8 @@ _UNSET = object()  # argparse default of JAX_MAPPED flags: tells "given" from "l
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done, or stopped by SIGTERM after saving a checkpoint; 1 training diverged (non-finite loss; the "
-    "last checkpoint is intact); 2 bad configuration; 130 Ctrl-C. A first Ctrl-C (or SIGTERM) stops at the next "
+    "last checkpoint is intact); 2 bad configuration; 3 --compile-only: a step does not fit in the target's "
+    "memory (the report names the largest batch that fits); 130 Ctrl-C. A first Ctrl-C (or SIGTERM) stops at the next "
     "update (after a compilation, an eval or a checkpoint write in progress) and saves a checkpoint there; a second "
     "Ctrl-C stops at once without saving. Either way, rerun the same command to resume from the last checkpoint."
 )

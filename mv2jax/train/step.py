@@ -167,20 +167,26 @@ def make_train_step(
     )
 
 
-def make_eval_step(graphdef: nnx.GraphDef, rng_state, mesh: Mesh | None = None) -> Callable[..., Metrics]:
-    """`eval_step` jitted, as `(params, batch_stats, batch) -> metrics` (no donation: the weights are reused).
-
-    `rng_state` (unused in eval mode, needed to rebuild the module) is bound here and passed to the jitted
-    function as an argument (replicated on the mesh), never captured as a constant."""
+def jit_eval_step(graphdef: nnx.GraphDef, mesh: Mesh | None = None) -> Callable[..., Metrics]:
+    """`eval_step` jitted as `(params, batch_stats, batch, rng_state) -> metrics`; with a mesh, the batch split on
+    `data` and everything else replicated (`make_eval_step` binds the rng state)."""
 
     def run(params, batch_stats, batch, rngs):
         return eval_step(params, batch_stats, batch, rngs, graphdef=graphdef)
 
     if mesh is None:
-        jitted = jax.jit(run)
-    else:
-        rep = replicated(mesh)
-        jitted = jax.jit(run, in_shardings=(rep, rep, batch_sharding(mesh), rep), out_shardings=rep)
+        return jax.jit(run)
+    rep = replicated(mesh)
+    return jax.jit(run, in_shardings=(rep, rep, batch_sharding(mesh), rep), out_shardings=rep)
+
+
+def make_eval_step(graphdef: nnx.GraphDef, rng_state, mesh: Mesh | None = None) -> Callable[..., Metrics]:
+    """`eval_step` jitted, as `(params, batch_stats, batch) -> metrics` (no donation: the weights are reused).
+
+    `rng_state` (unused in eval mode, needed to rebuild the module) is bound here and passed to the jitted
+    function as an argument (replicated on the mesh), never captured as a constant."""
+    jitted = jit_eval_step(graphdef, mesh)
+    if mesh is not None:
         rng_state = shard_train_state(rng_state, mesh)
 
     def evaluate(params, batch_stats, batch: Batch) -> Metrics:

@@ -1,0 +1,213 @@
+"""`train.py ... --compile-only TARGET`: train.py's train and eval steps compiled by XLA:TPU or XLA:GPU for a slice
+or GPU host this machine does not have, and what the compiler says about them per chip: memory against the chip's
+capacity, flops and HBM bytes per image, a roofline throughput, kernels (fusions, cuDNN calls), compile time.
+
+When a step does not fit, the largest per-chip batch that does is found from two memory analyses (memory grows
+linearly with the batch) and confirmed with one compile. `compile_check` returns the whole report as a dict (the
+benchmark reuses it); `run_compile_only` is train.py's entry: it prints the report and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mv2jax.accel import targets
+from mv2jax.accel.hlo import HloStats, hlo_stats, lowered_flops
+from mv2jax.cli import EXIT_DOES_NOT_FIT
+from mv2jax.train.config import TrainConfig
+
+GPU_COST_NOTE = (
+    "XLA:GPU's compiled cost analysis is empty without a device: flops are XLA's count on the lowered module "
+    "(global batch, divided by the devices), HBM bytes the operands and results of the optimized module's kernels "
+    "(fusions and custom calls of the entry computation)"
+)
+CONFIRM_TRIES = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class StepReport:
+    """One compiled program, per device: memory (bytes), cost (flops and HBM bytes of one step), kernels."""
+
+    name: str
+    batch_per_device: int
+    capacity: int
+    compile_s: float
+    out_of_memory: str = ""  # XLA's refusal to compile, when the step cannot fit at all
+    argument_bytes: int = 0
+    output_bytes: int = 0
+    alias_bytes: int = 0
+    temp_bytes: int = 0
+    code_bytes: int = 0
+    flops: float | None = None
+    hbm_bytes: float | None = None
+    hlo: HloStats | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        """Peak memory of the step: arguments, outputs not written over donated arguments, temporaries, code."""
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+
+    @property
+    def fits(self) -> bool:
+        return not self.out_of_memory and self.total_bytes <= self.capacity
+
+    def roofline(self, chip: targets.Chip) -> float | None:
+        """Images/s per device at the chip's peak: batch / max(flops / peak, bytes / bandwidth)."""
+        if not self.flops or not self.hbm_bytes:
+            return None
+        return self.batch_per_device / max(self.flops / chip.peak_bf16_flops, self.hbm_bytes / chip.memory_bandwidth)
+
+    def to_dict(self, chip: targets.Chip) -> dict[str, Any]:
+        per_image = lambda x: None if x is None else x / self.batch_per_device  # noqa: E731
+        out = {
+            "step": self.name,
+            "batch_per_device": self.batch_per_device,
+            "fits": self.fits,
+            "out_of_memory": self.out_of_memory,
+            "compile_s": self.compile_s,
+            "state_bytes": self.argument_bytes,
+            "temp_bytes": self.temp_bytes,
+            "total_bytes": self.total_bytes,
+            "capacity_bytes": self.capacity,
+            "flops": self.flops,
+            "hbm_bytes": self.hbm_bytes,
+            "flops_per_image": per_image(self.flops),
+            "hbm_bytes_per_image": per_image(self.hbm_bytes),
+            "roofline_images_per_s": self.roofline(chip),
+        }
+        return out | (self.hlo.to_dict() if self.hlo else {})
+
+
+def compile_program(program, target: targets.Target, devices: int) -> StepReport:
+    """Compile one `mv2jax.accel.steps.Program` for the target and read XLA's analyses of it."""
+    import jax
+
+    start = time.perf_counter()
+    lowered = program.fn.trace(*program.args).lower()
+    common = dict(name=program.name, batch_per_device=program.batch_per_device, capacity=target.memory_capacity)
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        return StepReport(**common, compile_s=time.perf_counter() - start, out_of_memory=targets._first_line(e))
+    compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    stats = hlo_stats(compiled.as_text())
+    if target.platform == "tpu":
+        cost = compiled.cost_analysis() or {}
+        flops, hbm = cost.get("flops"), cost.get("bytes accessed")
+    else:
+        total = lowered_flops(lowered)
+        flops, hbm = (total / devices if total else None), float(stats.kernel_bytes)
+    return StepReport(
+        **common,
+        compile_s=compile_s,
+        argument_bytes=memory.argument_size_in_bytes,
+        output_bytes=memory.output_size_in_bytes,
+        alias_bytes=memory.alias_size_in_bytes,
+        temp_bytes=memory.temp_size_in_bytes,
+        code_bytes=memory.generated_code_size_in_bytes,
+        flops=flops,
+        hbm_bytes=hbm,
+        hlo=stats,
+    )
+
+
+def largest_fitting_batch(measure: Callable[[int], StepReport], failed: StepReport) -> StepReport | None:
+    """The compiled step at the largest per-device batch that fits, below `failed`'s; None if not even 1 does.
+
+    Memory is linear in the batch: two analyses (the failed one when XLA compiled it, else halved batches)
+    give the line; its crossing with the capacity is confirmed with one compile (a few more, each 5% smaller,
+    when XLA's layout choices at that size cost more than the line says)."""
+    points = [] if failed.out_of_memory else [failed]
+    best: StepReport | None = None
+    batch = failed.batch_per_device
+    while len(points) < 2 and batch > 1:
+        batch //= 2
+        report = measure(batch)
+        if not report.out_of_memory:
+            points.append(report)
+        if report.fits and best is None:
+            best = report
+    if len(points) < 2:
+        return best
+    (b1, m1), (b2, m2) = ((p.batch_per_device, p.total_bytes) for p in points[:2])
+    slope = (m1 - m2) / (b1 - b2)
+    guess = int((failed.capacity - (m1 - slope * b1)) // slope) if slope > 0 else failed.batch_per_device - 1
+    guess = min(guess, failed.batch_per_device - 1)
+    for _ in range(CONFIRM_TRIES):
+        if guess < 1 or (best is not None and guess <= best.batch_per_device):
+            break
+        report = measure(guess)
+        if report.fits:
+            return report
+        guess = int(guess * 0.95)
+    return best
+
+
+def _versions(target: targets.Target) -> dict[str, str]:
+    return targets.check_compiler(target.platform)
+
+
+def compile_check(config: TrainConfig, target_name: str, *, search: bool = True) -> dict[str, Any]:
+    """train.py's steps for `config` compiled for `target_name`: the report as a JSON-ready dict, with `fits` and,
+    when a step does not fit and `search`, `largest_batch` (per device) for the flag that sets its batch."""
+    from mv2jax.accel.steps import build_steps, offline_config
+
+    target = targets.parse_target(target_name)
+    versions = _versions(target)
+    targets.prepare_process()
+    config, notes = offline_config(config)
+    devices = target.devices()
+    steps = build_steps(config, devices)
+    reports = {p.name: compile_program(p, target, steps.devices) for p in (steps.train, steps.eval)}
+    largest: dict[str, int | None] = {}
+    for name, flag, dest in (
+        ("train", "-b", "batch_size"),
+        ("eval", "--validation-batch-size", "validation_batch_size"),
+    ):
+        if not search or reports[name].fits:
+            continue
+
+        def measure(batch: int, name=name, dest=dest) -> StepReport:
+            rebuilt = build_steps(dataclasses.replace(config, **{dest: batch}), devices)
+            return compile_program(getattr(rebuilt, name), target, rebuilt.devices)
+
+        found = largest_fitting_batch(measure, reports[name])
+        largest[flag] = found.batch_per_device if found else None
+    chip = target.chip
+    return {
+        "target": target.name,
+        "platform": target.platform,
+        "chip": dataclasses.asdict(chip),
+        "devices": steps.devices,
+        "hosts": targets.hosts(devices),
+        "memory_capacity_bytes": target.memory_capacity,
+        "model": config.model,
+        "image_size": list(steps.image_size),
+        "num_classes": steps.num_classes,
+        "amp": config.amp,
+        "conv_impl": config.conv_impl,
+        "versions": versions,
+        "ignored": notes,
+        "notes": [GPU_COST_NOTE] if target.platform == "cuda" else [],
+        "steps": {name: r.to_dict(chip) for name, r in reports.items()},
+        "fits": all(r.fits for r in reports.values()),
+        "largest_batch": largest,
+    }
+
+
+def run_compile_only(config: TrainConfig) -> int:
+    """train.py's `--compile-only`: print the report; 0 when both steps fit, EXIT_DOES_NOT_FIT otherwise."""
+    from mv2jax.accel.report import format_report
+    from mv2jax.accel.steps import offline_config
+
+    for note in offline_config(config)[1]:  # before the compiles, which take minutes
+        print(f"train.py: {note}", flush=True)
+    report = compile_check(config, config.compile_only or "")
+    print(format_report(report), flush=True)
+    return 0 if report["fits"] else EXIT_DOES_NOT_FIT
