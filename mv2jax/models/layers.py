@@ -152,7 +152,8 @@ class BatchNormAct2d(nnx.Module):
         if x.shape[0] % groups:
             raise ValueError(f"batch of {x.shape[0]} does not split into {groups} BatchNorm stat groups")
         xg = _stat_cast(x).reshape(groups, x.shape[0] // groups, *x.shape[1:])
-        y, mean, var = self.backend.batch_norm_train(xg, w, b, self.eps, self.act)
+        shift = _stat_cast(self.running_mean[...])
+        y, mean, var = self.backend.batch_norm_train(xg, w, b, shift, self.eps, self.act)
         self._update_running_stats(mean, var, xg.shape[1] * xg.shape[2] * xg.shape[3])
         return y.reshape(x.shape)
 

@@ -76,10 +76,14 @@ def test_batch_norm_train_statistics_and_gradients_equal_autodiff(act):
         rng = np.random.default_rng(3)
         xg = jnp.asarray(rng.standard_normal((2, 3, 5, 4, 6)) * 3 + 1)  # 2 stat groups, values past 0 and 6
         w, b = jnp.asarray(rng.standard_normal(6)), jnp.asarray(rng.standard_normal(6) + 2)
-        ours, theirs = cpu.batch_norm_train(xg, w, b, 1e-5, act), xla.batch_norm_train(xg, w, b, 1e-5, act)
+        shift = jnp.asarray(rng.standard_normal(6))  # a running mean: must not change the result or gradients
+        ours, theirs = (
+            cpu.batch_norm_train(xg, w, b, shift, 1e-5, act),
+            xla.batch_norm_train(xg, w, b, shift, 1e-5, act),
+        )
         assert all(_rel(a, r) <= TOL for a, r in zip(ours, theirs, strict=True))
-        _, grads = _grads(lambda *a: cpu.batch_norm_train(*a, 1e-5, act)[0], (xg, w, b))
-        _, ref_grads = _grads(lambda *a: xla.batch_norm_train(*a, 1e-5, act)[0], (xg, w, b))
+        _, grads = _grads(lambda x, w, b: cpu.batch_norm_train(x, w, b, shift, 1e-5, act)[0], (xg, w, b))
+        _, ref_grads = _grads(lambda x, w, b: xla.batch_norm_train(x, w, b, shift, 1e-5, act)[0], (xg, w, b))
         assert all(_rel(g, r) <= TOL for g, r in zip(grads, ref_grads, strict=True))
 
 

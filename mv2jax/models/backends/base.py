@@ -35,11 +35,12 @@ class Backend(Protocol):
         ...
 
     def batch_norm_train(
-        self, xg: jax.Array, weight: jax.Array, bias: jax.Array, eps: float, act: str | None
+        self, xg: jax.Array, weight: jax.Array, bias: jax.Array, shift: jax.Array, eps: float, act: str | None
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Train-mode BatchNorm (+ activation) with statistics per group. xg: `[G, n, H, W, C]` (G groups of n
-        examples); weight, bias: `[C]`. Returns (y like xg, mean `[G, C]`, biased variance `[G, C]`); the
-        statistics are for the running averages, outside the gradient."""
+        examples); weight, bias: `[C]`; shift: `[C]`, a guess of the mean known before the pass (the running mean),
+        which a one-pass variance may subtract first. Returns (y like xg, mean `[G, C]`, biased variance
+        `[G, C]`); the statistics are for the running averages, outside the gradient."""
         ...
 
     def folded_conv(self, x: jax.Array, p: ConvParams, spec: ConvSpec) -> jax.Array:

@@ -177,16 +177,20 @@ def _bn_apply(xg, weight, bias, mean, rstd, act):
     return apply_act(xg * scale + (bias - mean * scale), act)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def batch_norm_train(
-    xg: jax.Array, weight: jax.Array, bias: jax.Array, eps: float, act: str | None
+    xg: jax.Array, weight: jax.Array, bias: jax.Array, shift: jax.Array, eps: float, act: str | None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Train-mode BatchNorm (+ activation) with statistics per group.
 
     xg: `[G, n, H, W, C]` (G groups of n examples); weight, bias: `[C]`. Returns (y like xg, mean `[G, C]`,
     biased variance `[G, C]`). The statistics are outputs for the running averages only: no gradient flows
-    back through them.
+    back through them. The variance is two-pass, E[(x - mean)^2], so `shift` is not needed.
     """
+    return _batch_norm_train(xg, weight, bias, eps, act)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _batch_norm_train(xg, weight, bias, eps, act):
     y, mean, var, _ = _bn_forward(xg, weight, bias, eps, act)
     return y, mean[:, 0, 0, 0], var[:, 0, 0, 0]
 
@@ -217,7 +221,7 @@ def _bn_backward(xg, weight, bias, mean, rstd, dy, act):
     return dx, jnp.sum(sum_dy_xhat, axis=(0, 1, 2, 3)), jnp.sum(sum_dy, axis=(0, 1, 2, 3))
 
 
-batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
+_batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
 
 
 def _slope_one(z: jax.Array, act: str) -> jax.Array:

@@ -33,17 +33,25 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int, padding: int, groups: int) -
 
 
 def batch_norm_train(
-    xg: jax.Array, weight: jax.Array, bias: jax.Array, eps: float, act: str | None
+    xg: jax.Array, weight: jax.Array, bias: jax.Array, shift: jax.Array, eps: float, act: str | None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Train-mode BatchNorm (+ activation) with statistics per group.
 
-    xg: `[G, n, H, W, C]` (G groups of n examples); weight, bias: `[C]`. Returns (y like xg, mean `[G, C]`,
+    xg: `[G, n, H, W, C]` (G groups of n examples); weight, bias, shift: `[C]`. Returns (y like xg, mean `[G, C]`,
     biased variance `[G, C]`); the statistics are for the running averages, outside the gradient.
+
+    The variance is E[d^2] - E[d]^2 with d = x - shift (clamped at 0): both sums read `xg` in one pass, so the
+    compiler fuses them into the convolution that produces `xg`; E[(x - mean)^2] needs the mean first, a second
+    pass over the activation in the forward and another in the backward. Unshifted (Flax's form), the difference
+    cancels catastrophically where a channel's mean is large against its spread, as in a trained network; shifted
+    by the running mean, which is close to the batch mean there, it keeps the two-pass form's accuracy.
     """
-    mean = jnp.mean(xg, axis=(1, 2, 3), keepdims=True)
-    var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 3), keepdims=True)
-    y = apply_act((xg - mean) * jax.lax.rsqrt(var + eps) * weight + bias, act)
-    stats = jax.lax.stop_gradient((mean[:, 0, 0, 0], var[:, 0, 0, 0]))
+    d = xg - jax.lax.stop_gradient(shift)
+    mean_d = jnp.mean(d, axis=(1, 2, 3), keepdims=True)
+    var = jnp.maximum(jnp.mean(jnp.square(d), axis=(1, 2, 3), keepdims=True) - jnp.square(mean_d), 0.0)
+    # (d - mean_d) * (rsqrt * weight): one full-size product, so autodiff keeps one full-size residual, not two
+    y = apply_act((d - mean_d) * (jax.lax.rsqrt(var + eps) * weight) + bias, act)
+    stats = jax.lax.stop_gradient((mean_d[:, 0, 0, 0] + shift, var[:, 0, 0, 0]))
     return y, *stats
 
 
