@@ -6,6 +6,10 @@ jit and torch.compile times, peak RSS and XLA's memory and cost analyses, and th
 RA train transform on ImageNet-sized JPEGs (mv2jax's transform and grain loader vs timm's transform and
 DataLoader, next to the train step's images/s). It also measures this machine's peaks as XLA reaches them (fp32
 matmul GFLOP/s, memory GB/s) and what each target throughput would need of them (`mv2jax.bench.roofline`).
+The accelerator phases compile the RA train step for TPU slices and GPUs this machine does not have (libtpu's and
+jax's CUDA plugin's compile-only devices; `mv2jax.bench.accel_side`): per chip, XLA's flops and bytes per image,
+temporaries, fusions and a roofline img/s, beside a textbook Flax step compiled in the same process, and how many
+loader workers would feed a chip at that rate.
 Prints a table and writes JSON (`--output`). Each phase (side x mode x variant) runs in a fresh subprocess so its
 RSS high-water mark and compile times are its own; phases run one after another. `--phases` picks some of them.
 Both sides run with the same host allocator setting, named in the report: glibc's as the environment has it, or
@@ -30,7 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from mv2jax import host_memory
-from mv2jax.bench.common import MODEL_MODES, BenchConfig, LoaderBench, RooflineBench, available_cores, machine_info
+from mv2jax.bench.accel_side import PRECISIONS, phase_variant
+from mv2jax.bench.common import (
+    MODEL_MODES,
+    AccelBench,
+    BenchConfig,
+    LoaderBench,
+    RooflineBench,
+    available_cores,
+    machine_info,
+)
 from mv2jax.bench.export_side import VARIANTS as EXPORT_VARIANTS
 from mv2jax.bench.markdown import append_section
 from mv2jax.bench.report import format_report, summarize
@@ -49,6 +62,7 @@ QUICK = dict(
     target_run_s=0.0,
     loader=LoaderBench(images=8, sides=(48, 96), repeats=2),
     roofline=RooflineBench(matmul_size=256, memory_mib=4),
+    accel=AccelBench(targets=()),  # compiles take minutes: only the targets --accel-targets names
 )
 LOADER_VARIANT = "ra"  # the loader phases measure the RA recipe's train transform
 ROOFLINE = ("mv2jax", "roofline", "xla")  # the machine's matmul and memory peaks, as XLA reaches them
@@ -68,7 +82,7 @@ class Phase:
 
     @classmethod
     def parse(cls, name: str) -> Phase:
-        return cls(*name.split(":"))
+        return cls(*name.split(":", 2))  # an accel variant holds a ':' of its own ('v5e:2x2/bf16')
 
 
 def plan(args: argparse.Namespace) -> list[Phase]:
@@ -86,6 +100,9 @@ def plan(args: argparse.Namespace) -> list[Phase]:
             phases += [Phase("export", "inference", v) for v in EXPORT_VARIANTS]
     if not args.skip_loader:
         phases += [Phase(side, "loader", LOADER_VARIANT) for side in ("mv2jax", "timm")[: 1 if args.skip_timm else 2]]
+    if not args.skip_accel:  # last: each compiles for minutes
+        accel = config_from_args(args).accel
+        phases += [Phase("mv2jax", "accel", phase_variant(t, p)) for t in accel.targets for p in accel.precisions]
     return [p for p in phases if selected(p, args.phases)]
 
 
@@ -106,6 +123,10 @@ def run_phase(phase: Phase, cfg: BenchConfig) -> list[dict[str, Any]]:
         return roofline.roofline_phase(cfg)
     if phase.mode == "lowering":
         return lowering_phase(cfg)
+    if phase.mode == "accel":
+        from mv2jax.bench import accel_side
+
+        return accel_side.accel_phase(cfg, phase.variant)
     if phase.mode == "loader":
         from mv2jax.bench import loader_side
 
@@ -144,7 +165,9 @@ def lowering_phase(cfg: BenchConfig) -> list[dict[str, Any]]:
 
 
 def _failed_phase(phase: Phase, cfg: BenchConfig, error: str) -> list[dict[str, Any]]:
-    batches = {"inference": sorted(cfg.batch_sizes), "roofline": [0]}.get(phase.mode, [cfg.train_batch_size])
+    batches = {"inference": sorted(cfg.batch_sizes), "roofline": [0], "accel": [cfg.accel.batch_per_chip]}.get(
+        phase.mode, [cfg.train_batch_size]
+    )
     return [
         {
             "side": phase.side,
@@ -158,15 +181,16 @@ def _failed_phase(phase: Phase, cfg: BenchConfig, error: str) -> list[dict[str, 
     ]
 
 
-def run_isolated(phase: Phase, cfg: BenchConfig, timeout_s: float) -> list[dict[str, Any]]:
-    """Run `phase` in a fresh `python -m mv2jax.benchmark --phase ...` subprocess and read its JSON back."""
+def run_isolated(phase: Phase, cfg: BenchConfig, timeout_s: float, python: str = "") -> list[dict[str, Any]]:
+    """Run `phase` in a fresh `PYTHON -m mv2jax.benchmark --phase ...` subprocess (`python`, else this
+    interpreter) and read its JSON back."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path, out_path = Path(tmp, "config.json"), Path(tmp, "out.json")
         cfg_path.write_text(json.dumps(cfg.to_json()))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
         cmd = [
-            sys.executable,
+            python or sys.executable,
             "-m",
             "mv2jax.benchmark",
             "--phase",
@@ -203,6 +227,17 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         if v is not None
     }
     fields["loader"] = dataclasses.replace(fields.get("loader", LoaderBench()), **loader)
+    accel = {
+        k: v
+        for k, v in (
+            ("targets", args.accel_targets and tuple(args.accel_targets)),
+            ("batch_per_chip", args.accel_batch),
+            ("precisions", args.accel_precisions and tuple(args.accel_precisions)),
+        )
+        if v is not None
+    }
+    accel |= {"reference": not args.accel_no_reference, "largest_batch": args.accel_largest_batch}
+    fields["accel"] = dataclasses.replace(fields.get("accel", AccelBench()), **accel)
     return BenchConfig(**fields)
 
 
@@ -249,7 +284,10 @@ def _run_phases(
     for phase in phases:
         print(f"[benchmark] {phase.name} ...", file=sys.stderr, flush=True)
         t_phase = time.perf_counter()
-        phase_results = run_phase(phase, cfg) if args.no_isolate else run_isolated(phase, cfg, args.phase_timeout)
+        python = args.accel_python if phase.mode == "accel" else ""
+        phase_results = (
+            run_phase(phase, cfg) if args.no_isolate else run_isolated(phase, cfg, args.phase_timeout, python)
+        )
         for r in phase_results:  # the load average says how much other work shared the cores meanwhile
             r["phase_wall_s"], r["load_avg_1min_after"] = time.perf_counter() - t_phase, os.getloadavg()[0]
         results += phase_results
@@ -317,6 +355,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="ImageFolder (DIR[/train]/<class>/<image>) to load instead of sample JPEGs",
     )
     p.add_argument("--no-torch-compile", action="store_true", help="skip timm's torch.compile variants")
+    _accel_args(p)
     p.add_argument(
         "--host-allocator",
         choices=("default", "train"),
@@ -348,6 +387,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _accel_args(p: argparse.ArgumentParser) -> None:
+    """The accelerator phases' flags (`mv2jax.bench.accel_side`)."""
+    p.add_argument("--skip-accel", action="store_true", help="no accelerator (compile-only TPU/GPU) phases")
+    p.add_argument(
+        "--accel-targets",
+        nargs="+",
+        default=None,
+        metavar="TARGET",
+        help="TPU slices and GPUs to compile the RA train step for, as train.py --compile-only names them "
+        "(default v5e:2x2 v4:2x2x1 h100; none with --quick unless given)",
+    )
+    p.add_argument("--accel-batch", type=int, default=None, help="images per chip in the accelerator phases (128)")
+    p.add_argument(
+        "--accel-precisions",
+        nargs="+",
+        choices=PRECISIONS,
+        default=None,
+        help="bf16 (train.py --amp; the default) and/or fp32",
+    )
+    p.add_argument(
+        "--accel-largest-batch",
+        action="store_true",
+        help="also find the largest per-chip batch that fits each target (two or three more compiles)",
+    )
+    p.add_argument(
+        "--accel-no-reference",
+        action="store_true",
+        help="skip the textbook Flax reference step (half the compiles; no mv2jax/reference ratios)",
+    )
+    p.add_argument(
+        "--accel-python",
+        default="",
+        metavar="PYTHON",
+        help="interpreter for the accelerator phases: one with libtpu and jax's CUDA plugin (pip install "
+        "'jax[tpu]==JAX_VERSION' 'jax[cuda12]==JAX_VERSION'); default this one (phases without them are skipped)",
+    )
+
+
+def _check_accel(cfg: BenchConfig) -> None:
+    """--accel-targets names train.py --compile-only accepts; --accel-batch at least 1 (one line otherwise)."""
+    from mv2jax.accel.targets import parse_target
+
+    for name in cfg.accel.targets:
+        try:
+            parse_target(name)
+        except ValueError as e:
+            raise ValueError(str(e).replace("--compile-only", "--accel-targets")) from None
+    if cfg.accel.batch_per_chip < 1:
+        raise ValueError(f"--accel-batch must be >= 1, got {cfg.accel.batch_per_chip}")
+
+
 @cli_main(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -362,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         if cfg.threads and cfg.threads > available_cores():
             raise ValueError(f"--threads {cfg.threads} exceeds the {available_cores()} cores available")
+        _check_accel(cfg)
+        if args.accel_python and not os.access(args.accel_python, os.X_OK):
+            raise ValueError(f"--accel-python {args.accel_python}: not an executable interpreter")
         started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         report = {
             "date": started,

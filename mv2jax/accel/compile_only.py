@@ -135,10 +135,23 @@ def largest_fitting_batch(measure: Callable[[int], StepReport], failed: StepRepo
             best = report
     if len(points) < 2:
         return best
-    (b1, m1), (b2, m2) = ((p.batch_per_device, p.total_bytes) for p in points[:2])
-    slope = (m1 - m2) / (b1 - b2)
-    guess = int((failed.capacity - (m1 - slope * b1)) // slope) if slope > 0 else failed.batch_per_device - 1
-    guess = min(guess, failed.batch_per_device - 1)
+    guess = batch_at_capacity(points[0], points[1])
+    guess = min(failed.batch_per_device - 1 if guess is None else guess, failed.batch_per_device - 1)
+    return confirm_largest(measure, guess, best)
+
+
+def batch_at_capacity(a: StepReport, b: StepReport) -> int | None:
+    """The per-device batch where the line through two compiled steps' memory meets the capacity (rounded down);
+    None when memory does not grow with the batch."""
+    slope = (a.total_bytes - b.total_bytes) / (a.batch_per_device - b.batch_per_device)
+    if slope <= 0:
+        return None
+    return int((a.capacity - (a.total_bytes - slope * a.batch_per_device)) // slope)
+
+
+def confirm_largest(measure: Callable[[int], StepReport], guess: int, best: StepReport | None) -> StepReport | None:
+    """The step compiled at `guess` if it fits, else at up to CONFIRM_TRIES - 1 guesses each 5% smaller; `best`
+    (a smaller batch known to fit, or None) when none does or the guesses fall to it."""
     for _ in range(CONFIRM_TRIES):
         if guess < 1 or (best is not None and guess <= best.batch_per_device):
             break

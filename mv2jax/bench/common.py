@@ -17,7 +17,7 @@ from importlib import metadata
 from typing import Any
 
 MIB = 2**20
-MODEL_MODES = ("inference", "train")  # the phases that run a network (the others: 'loader', 'roofline')
+MODEL_MODES = ("inference", "train")  # the phases that run a network (the others: 'loader', 'roofline', 'accel')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +72,20 @@ class RooflineBench:
 
 
 @dataclasses.dataclass(frozen=True)
+class AccelBench:
+    """The accelerator phases (`mv2jax.bench.accel_side`): train.py's RA train step for the run's model and image
+    size, compiled for each of `targets` (TPU slices, GPUs) at `batch_per_chip` images per chip in each of
+    `precisions` ('bf16' is --amp; 'fp32'), beside the textbook Flax reference (`reference`) and, with
+    `largest_batch`, the largest per-chip batch that fits."""
+
+    targets: tuple[str, ...] = ("v5e:2x2", "v4:2x2x1", "h100")
+    batch_per_chip: int = 128
+    precisions: tuple[str, ...] = ("bf16",)
+    reference: bool = True
+    largest_batch: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class BenchConfig:
     """One benchmark run. `target_run_s`: each timed run repeats the call until it lasts about this long;
     `min_iters`/`repeats`/`warmup`: lower bound on calls per run, number of timed runs, untimed warm-up calls."""
@@ -90,6 +104,7 @@ class BenchConfig:
     augment: AugmentRecipe = AugmentRecipe()
     loader: LoaderBench = LoaderBench()
     roofline: RooflineBench = RooflineBench()
+    accel: AccelBench = AccelBench()
 
     def resolved_threads(self) -> int:
         return self.threads or available_cores()
@@ -107,6 +122,11 @@ class BenchConfig:
         loader["sides"], loader["workers"] = tuple(loader["sides"]), tuple(loader["workers"])
         data["loader"] = LoaderBench(**loader)
         data["roofline"] = RooflineBench(**data.get("roofline", {}))
+        accel = dict(data.get("accel", {}))
+        for key in ("targets", "precisions"):
+            if key in accel:
+                accel[key] = tuple(accel[key])
+        data["accel"] = AccelBench(**accel)
         return cls(**data)
 
 

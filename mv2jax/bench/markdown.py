@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mv2jax.bench.accel_report import markdown_accel_lines
 from mv2jax.bench.common import CORE_PACKAGES, MODEL_MODES, OPTIONAL_PACKAGES
 from mv2jax.bench.report import row_figures
 from mv2jax.io import write_atomic
@@ -51,11 +52,15 @@ def markdown_section(report: dict[str, Any], title: str) -> str:
         f"- Command: `{report.get('command', 'not recorded')}`",
         f"- Model: {cfg['model']} at {cfg['img_size']}x{cfg['img_size']}, float32; medians of {cfg['repeats']} timed "
         f"runs; conv_impl auto -> {report['conv_impl_auto']}",
-        "",
-        "| mode | side | variant | batch | img/s | min-max | spread | / timm best | compile s | RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    lines += [_phase_row(r, summary) for r in report["results"] if r["mode"] in MODEL_MODES]
+    model_rows = [_phase_row(r, summary) for r in report["results"] if r["mode"] in MODEL_MODES]
+    if model_rows:  # none when only other phases ran (--phases accel)
+        lines += [
+            "",
+            "| mode | side | variant | batch | img/s | min-max | spread | / timm best | compile s | RSS MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            *model_rows,
+        ]
     notes = [
         f"{mode} b={batch}: {comp['ratio']:.2f}x ({comp['mv2jax_best']['variant']} / {comp['timm_best']['variant']})"
         for mode in MODEL_MODES
@@ -81,6 +86,7 @@ def markdown_section(report: dict[str, Any], title: str) -> str:
         notes.append("targets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in targets.items()))
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
+    lines += markdown_accel_lines(report)
     return "\n".join(lines) + "\n"
 
 

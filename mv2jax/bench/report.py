@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mv2jax.bench.accel_report import format_accel_section, summarize_accel
 from mv2jax.bench.common import MODEL_MODES
 from mv2jax.bench.loader_report import format_loader_section, summarize_loader
 from mv2jax.bench.roofline import requirements
@@ -146,6 +147,9 @@ def summarize(results: list[dict], batch_sizes: tuple[int, ...], train_batch: in
     roofline = _roofline(results, summary)
     if roofline is not None:
         summary["roofline"] = roofline
+    accel = summarize_accel(results, loader)
+    if accel is not None:
+        summary["accel"] = accel
     return summary
 
 
@@ -268,6 +272,8 @@ def format_report(report: dict[str, Any]) -> str:
     if "roofline" in summary:
         lines += [""] + _roofline_lines(summary["roofline"])
     lines += _lowering_lines(results)
+    if any(r["mode"] == "accel" for r in results):
+        lines += [""] + format_accel_section(report)
     met = summary["targets_met"].items()
     lines += ["", "targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in met)]
     lines += [
