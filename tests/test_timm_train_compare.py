@@ -23,6 +23,7 @@ from mv2jax.bench.train_compare_runs import (
     export_initial_weights,
     read_mv2jax_run,
     read_timm_run,
+    run_timm,
 )
 from mv2jax.bench.welch import summarize, welch
 from mv2jax.train.config import QUICK_RUN
@@ -145,6 +146,7 @@ def _report() -> dict:
         "timm_train_py": "/x/train.py",
         "timm_train_py_sha256": "ab" * 32,
         "images": {"train": 1438, "validation": 359},
+        "timm_threads": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "4"},
     }
     return build_report(
         _results(), date="2026-12-04T10:00:00+00:00", command="python -m x", machine=machine, config=config
@@ -165,6 +167,7 @@ def test_json_report_round_trips_and_renders_as_a_benchmarks_section(tmp_path):
     assert text.startswith("## Demo vs timm (2026-12-04)\n")
     assert "- Versions: Python 3.11, jax 0.10.2, timm 1.0.31" in text
     assert "same on both sides" in text and "359 held-out images (1 image = 0.28 points)" in text
+    assert "; timm's side with OMP_NUM_THREADS=1 MKL_NUM_THREADS=4\n" in text
     ema_row = next(line for line in text.splitlines() if line.startswith("| EMA |"))
     assert "81.75 ± 2.90 (4)" in ema_row and f"[{d['low']:+.2f}, {d['high']:+.2f}]" in ema_row
     assert "| 0 | 80.00 / 80.50 | 83.00 / 84.50 | 60 / 60 | 0 / 0 | 0.0e+00 |" in text
@@ -203,6 +206,16 @@ def test_same_init_export_loads_strictly_into_timm_and_equals_mv2jax_at_that_see
     assert all(np.array_equal(again[k], v) for k, v in expected.items())
     other = mv2jax_to_timm(mv2jax.create_model(QUICK_RUN["model"], num_classes=NUM_CLASSES, seed=4))
     assert not np.array_equal(other["classifier.weight"], expected["classifier.weight"])
+
+
+def test_timms_side_runs_single_threaded_unless_the_environment_sets_its_threads(tmp_path, monkeypatch):
+    train_py = tmp_path / "train.py"  # a stand-in that reports the environment it was given
+    train_py.write_text("import os\nprint(os.environ.get('OMP_NUM_THREADS'), os.environ.get('MKL_NUM_THREADS'))\n")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    result = run_timm(0, tmp_path / "out", train_py)
+    assert result.returncode == 0 and result.epochs == ()
+    assert (tmp_path / "out" / "timm" / "seed0" / "stdout.log").read_text() == "1 3\n"
 
 
 def test_the_stand_in_takes_initial_checkpoint_as_timms_train_py_does():

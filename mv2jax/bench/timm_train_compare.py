@@ -8,7 +8,7 @@ timm side runs `timm_reference_train.py`, a stand-in that takes train.py's code 
 with timm's own library pieces (create_loader, create_optimizer_v2, create_scheduler_v2, ModelEmaV3,
 LabelSmoothingCrossEntropy).
 
-The 16-seed comparison against timm's real train.py (32 training runs of the demo, most of an hour on 2 CPU cores):
+The 16-seed comparison against timm's real train.py (32 training runs of the demo, about an hour on 2 CPU cores):
 
     git clone https://github.com/huggingface/pytorch-image-models /tmp/timm-repo   # its train.py imports timm
     python -m mv2jax.bench.timm_train_compare --out /tmp/compare16 --timm-train-py /tmp/timm-repo/train.py \\
@@ -43,6 +43,12 @@ Flags that cannot be matched exactly (the rest are passed with mv2jax's values):
 - `--workers 1`: same count; mv2jax's grain worker and timm's DataLoader worker differ in how they seed
   augmentation (mv2jax: per example from (seed, epoch, position); timm: per worker).
 - checkpoints: mv2jax saves every epoch (orbax), the stand-in saves none; this only affects wall time.
+
+timm's side runs with torch single-threaded: `OMP_NUM_THREADS=1 MKL_NUM_THREADS=1` (`TIMM_THREADS`), unless the
+environment sets them (then its values are passed on, and recorded in report.json). torch's thread count changes the
+order of its reductions, and this training is chaotic, so the same seed and init land points apart at another thread
+count; single-threaded, a timm run repeats bit for bit, and on a shared CPU it does not slow down many times over
+from oversubscription.
 """
 
 from __future__ import annotations
@@ -63,11 +69,13 @@ from mv2jax.bench.train_compare_plot import plot_curves
 from mv2jax.bench.train_compare_report import build_report, markdown_section, results_of, write_report
 from mv2jax.bench.train_compare_runs import (
     SIDES,
+    TIMM_THREADS,
     Result,
     export_digits,
     export_initial_weights,
     run_mv2jax,
     run_timm,
+    timm_env,
 )
 from mv2jax.cli import CliParser, cli_main
 from mv2jax.io import write_atomic
@@ -132,6 +140,7 @@ def run_comparison(
         "timm_train_py": str(train_py),
         "timm_train_py_sha256": _sha256(train_py) if train_py.is_file() else None,
         "images": counts,
+        "timm_threads": {name: timm_env()[name] for name in TIMM_THREADS},
     }
     return results, config
 

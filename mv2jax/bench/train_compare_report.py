@@ -138,11 +138,13 @@ def _recipe_line(config: dict[str, Any]) -> str:
         else "each side its own"
     )
     held_out = config["images"]["validation"]
+    threads = config.get("timm_threads")  # absent from reports written before the timm side's threads were set
+    threads_text = f"; timm's side with {' '.join(f'{k}={v}' for k, v in threads.items())}" if threads else ""
     return (
         f"`python train.py` (QUICK_RUN: {recipe['model']}, digits at {recipe['img_size']}x{recipe['img_size']}, "
         f"{recipe['epochs']} epochs) against {reference}; seeds {', '.join(map(str, config['seeds']))}; initial "
         f"weights {init}; {config['images']['train']} train and {held_out} held-out images (1 image = "
-        f"{100 / held_out:.2f} points)"
+        f"{100 / held_out:.2f} points){threads_text}"
     )
 
 

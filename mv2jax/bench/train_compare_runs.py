@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,10 @@ SIDES = ("mv2jax", "timm")
 TIMM_EXTRA = ("--num-classes", str(NUM_CLASSES), "--device", "cpu")
 # timm's validate() log line; the number in brackets after Acc@1 is the running average (final on the last batch).
 TEST_LINE = re.compile(r"^.*?Test( \(EMA\))?: \[\s*(\d+)/(\d+)\].*?Acc@1:\s*[\d.]+\s*\(\s*([\d.]+)\)")
+# torch's thread count sets the order of its reductions, and this training is chaotic (a rounding difference grows
+# to a percent of the loss within a few updates), so a single-threaded timm run repeats bit for bit; on a shared CPU
+# a multi-threaded torch also slows down many times over. Where the user's environment sets one, theirs wins.
+TIMM_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,13 +133,22 @@ def timm_flags(data_dir: Path) -> list[str]:
     ]
 
 
-def run_logged(cmd: list[str], log: Path, cwd: Path) -> tuple[float, int]:
-    """Run `cmd` with stdout+stderr to `log`; (wall seconds, return code)."""
+def timm_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The timm side's environment: `environ` (default: this process's) with `TIMM_THREADS` where it sets none."""
+    env = dict(os.environ if environ is None else environ)
+    for name, value in TIMM_THREADS.items():
+        if not env.get(name):
+            env[name] = value
+    return env
+
+
+def run_logged(cmd: list[str], log: Path, cwd: Path, env: Mapping[str, str] | None = None) -> tuple[float, int]:
+    """Run `cmd` (in `env`, default this process's environment) with stdout+stderr to `log`; (wall s, exit code)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     print("$ " + " ".join(cmd), flush=True)
     start = time.perf_counter()
     with open(log, "w") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd).returncode
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd, env=env).returncode
     wall = time.perf_counter() - start
     print(f"  -> exit {rc} after {wall:.0f} s (log {log})", flush=True)
     return wall, rc
@@ -197,12 +212,12 @@ def run_mv2jax(seed: int, out: Path, init: Path | None = None) -> Result:
 
 
 def run_timm(seed: int, out: Path, train_py: Path, init: Path | None = None) -> Result:
-    """timm's train.py with the equivalent flags (and `--initial-checkpoint init`)."""
+    """timm's train.py with the equivalent flags (and `--initial-checkpoint init`), in `timm_env()`."""
     base = out / "timm" / f"seed{seed}"
     shutil.rmtree(base, ignore_errors=True)  # timm would otherwise write to '<experiment>-1'
     cmd = [sys.executable, str(train_py), *timm_flags(out / "data"), *_seed_output(seed, init, base)]
     log = base / "stdout.log"
-    wall, rc = run_logged(cmd, log, train_py.parent)
+    wall, rc = run_logged(cmd, log, train_py.parent, timm_env())
     return Result(seed, "timm", read_timm_run(base / EXPERIMENT, log), wall, rc)
 
 
