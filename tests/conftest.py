@@ -11,9 +11,16 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.util
+import signal
 from pathlib import Path
 
 import pytest
+
+# A shell without job control starts background commands (`cmd &`, as a CI runner may) with SIGINT ignored, and
+# Python then installs no KeyboardInterrupt handler, in this process or in the commands the tests start. The Ctrl-C
+# tests need a terminal's behaviour: restore it (a Python handler is reset to the default in every child at exec).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
