@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from mv2jax.accel.compile_only import StepReport
 from mv2jax.bench.accel_side import largest_batch, phase_variant, split_variant
 from mv2jax.bench.common import BenchConfig, machine_info
 from mv2jax.bench.markdown import markdown_section
 from mv2jax.bench.report import format_report, summarize
 from mv2jax.benchmark import Phase, parse_args, plan
+from tests.test_accel_compile_only import _synthetic as _line
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,19 +56,6 @@ def test_an_unknown_accel_target_is_one_line_naming_the_flag():
     proc = _benchmark("--quick", "--phases", "accel", "--accel-targets", "v9z:2x2")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "--accel-targets 'v9z:2x2'" in proc.stderr and "v5e:2x2" in proc.stderr
-
-
-def _line(capacity: int, base: int, per_image: int, compile_limit: int | None = None):
-    """measure(batch) on a memory line base + per_image * batch; XLA refuses batches over `compile_limit` bytes."""
-    calls: list[int] = []
-
-    def measure(batch: int) -> StepReport:
-        calls.append(batch)
-        if compile_limit is not None and base + per_image * batch > compile_limit:
-            return StepReport("train", batch, capacity, 0.0, out_of_memory="RESOURCE_EXHAUSTED")
-        return StepReport("train", batch, capacity, 0.0, argument_bytes=base, temp_bytes=per_image * batch)
-
-    return measure, calls
 
 
 @pytest.mark.parametrize("compile_limit", [None, 1400])
