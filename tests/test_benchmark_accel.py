@@ -5,7 +5,6 @@ venv), the phases end to end on a small config for a TPU slice and an H100 besid
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
 import subprocess
@@ -19,17 +18,10 @@ from mv2jax.bench.common import BenchConfig, machine_info
 from mv2jax.bench.markdown import markdown_section
 from mv2jax.bench.report import format_report, summarize
 from mv2jax.benchmark import Phase, parse_args, plan
+from tests.test_accel_compile_only import _has
 from tests.test_accel_compile_only import _synthetic as _line
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _has(dist: str) -> bool:
-    try:
-        importlib.metadata.version(dist)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
 
 
 def _benchmark(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
