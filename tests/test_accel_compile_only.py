@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mv2jax.accel import targets
-from mv2jax.accel.compile_only import StepReport, largest_fitting_batch
+from mv2jax.accel.compile_only import REFINE_COMPILES, REFINE_WITHIN, StepReport, largest_fitting_batch
 from mv2jax.accel.hlo import hlo_stats
 from mv2jax.cli import EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT
 
@@ -109,6 +109,28 @@ def test_the_largest_batch_comes_from_two_analyses_and_one_confirming_compile(co
     found = largest_fitting_batch(measure, failed)
     assert found is not None and found.batch_per_device == (capacity - base) // per_image
     assert len(calls) == 1 + (2 if compile_limit else 1) + 1, calls  # the failed one, the line, one confirmation
+
+
+@pytest.mark.parametrize("power", [0.8, 1.25])
+def test_the_largest_batch_is_refined_when_memory_is_not_linear_in_the_batch(power) -> None:
+    """XLA's memory grows less than linearly at large batches (rematerialisation, layouts) or more: the line's
+    first guess is then short of the capacity, or over it, and the secant refinement lands within 2%."""
+    capacity, base, scale = 20_000, 1_000, 40.0
+
+    def total(batch: int) -> int:
+        return base + int(scale * batch**power)
+
+    calls = []
+
+    def measure(batch: int) -> StepReport:
+        calls.append(batch)
+        return StepReport("train", batch, capacity, 0.0, argument_bytes=base, temp_bytes=total(batch) - base)
+
+    true_max = max(b for b in range(1, 100_000) if total(b) <= capacity)
+    found = largest_fitting_batch(measure, measure(8 * true_max))
+    assert found is not None and total(found.batch_per_device) <= capacity, calls
+    assert found.batch_per_device >= (1 - REFINE_WITHIN) * true_max, (found.batch_per_device, true_max, calls)
+    assert len(calls) <= 3 + REFINE_COMPILES, calls  # the failed step, the line's second point, the refinement
 
 
 def test_no_batch_fits_gives_none() -> None:

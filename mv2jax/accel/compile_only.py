@@ -3,8 +3,9 @@ or GPU host this machine does not have, and what the compiler says about them pe
 capacity, flops and HBM bytes per image, a roofline throughput, kernels (fusions, cuDNN calls), compile time.
 
 When a step does not fit, the largest per-chip batch that does is found from two memory analyses (memory grows
-linearly with the batch) and confirmed with one compile. `compile_check` returns the whole report as a dict (the
-benchmark reuses it); `run_compile_only` is train.py's entry: it prints the report and returns the exit code.
+about linearly with the batch), compiled at the line's crossing with the capacity and refined by the secant.
+`compile_check` returns the whole report as a dict (the benchmark reuses it); `run_compile_only` is train.py's
+entry: it prints the report and returns the exit code.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ GPU_COST_NOTE = (
     "(global batch, divided by the devices), HBM bytes the operands and results of the optimized module's kernels "
     "(fusions and custom calls of the entry computation)"
 )
-CONFIRM_TRIES = 3
+REFINE_COMPILES = 4  # compiles after the two that give the first line, at most
+REFINE_WITHIN = 0.02  # a batch that fits within 2% of the largest is the answer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,24 +122,14 @@ def compile_program(program, target: targets.Target, devices: int) -> StepReport
 def largest_fitting_batch(measure: Callable[[int], StepReport], failed: StepReport) -> StepReport | None:
     """The compiled step at the largest per-device batch that fits, below `failed`'s; None if not even 1 does.
 
-    Memory is linear in the batch: two analyses (the failed one when XLA compiled it, else halved batches)
-    give the line; its crossing with the capacity is confirmed with one compile (a few more, each 5% smaller,
-    when XLA's layout choices at that size cost more than the line says)."""
-    points = [] if failed.out_of_memory else [failed]
-    best: StepReport | None = None
+    Two memory analyses (the failed one when XLA compiled it, else halved batches) give a line; its crossing with
+    the capacity is compiled and refined (`refine_largest`)."""
+    known = [failed]
     batch = failed.batch_per_device
-    while len(points) < 2 and batch > 1:
+    while len([r for r in known if not r.out_of_memory]) < 2 and batch > 1:
         batch //= 2
-        report = measure(batch)
-        if not report.out_of_memory:
-            points.append(report)
-        if report.fits and best is None:
-            best = report
-    if len(points) < 2:
-        return best
-    guess = batch_at_capacity(points[0], points[1])
-    guess = min(failed.batch_per_device - 1 if guess is None else guess, failed.batch_per_device - 1)
-    return confirm_largest(measure, guess, best)
+        known.append(measure(batch))
+    return refine_largest(measure, known)
 
 
 def batch_at_capacity(a: StepReport, b: StepReport) -> int | None:
@@ -149,17 +141,50 @@ def batch_at_capacity(a: StepReport, b: StepReport) -> int | None:
     return int((a.capacity - (a.total_bytes - slope * a.batch_per_device)) // slope)
 
 
-def confirm_largest(measure: Callable[[int], StepReport], guess: int, best: StepReport | None) -> StepReport | None:
-    """The step compiled at `guess` if it fits, else at up to CONFIRM_TRIES - 1 guesses each 5% smaller; `best`
-    (a smaller batch known to fit, or None) when none does or the guesses fall to it."""
-    for _ in range(CONFIRM_TRIES):
-        if guess < 1 or (best is not None and guess <= best.batch_per_device):
+def _secant_guess(known: list[StepReport]) -> int | None:
+    """The batch where the line through the two analysed steps nearest the capacity (in bytes) meets it."""
+    points = sorted((r for r in known if not r.out_of_memory), key=lambda r: abs(r.capacity - r.total_bytes))
+    for other in points[1:]:
+        if other.batch_per_device != points[0].batch_per_device:
+            return batch_at_capacity(points[0], other)
+    return None
+
+
+def refine_largest(measure: Callable[[int], StepReport], known: list[StepReport]) -> StepReport | None:
+    """The largest fitting step found from `known` (compiled steps, at least one of them analysed) with at most
+    REFINE_COMPILES more compiles.
+
+    Each guess is the secant's: where the line through the two analysed steps nearest the capacity meets it, kept
+    inside the bracket (the largest batch known to fit, the smallest known not to; the midpoint when the secant
+    falls outside). Memory is close to linear in the batch, so the first guess usually lands within a few percent;
+    XLA's layouts and rematerialisation make it less than linear at large batches, and the refinement climbs from
+    there. It stops when the bracket (or, with none above, the next step up) is within REFINE_WITHIN of the batch
+    that fits, or when that batch uses all but REFINE_WITHIN of the capacity."""
+    for _ in range(REFINE_COMPILES):
+        guess = _next_guess(known)
+        if guess is None:
             break
-        report = measure(guess)
-        if report.fits:
-            return report
-        guess = int(guess * 0.95)
-    return best
+        known.append(measure(guess))
+    return _largest_fit(known)
+
+
+def _largest_fit(known: list[StepReport]) -> StepReport | None:
+    return max((r for r in known if r.fits), key=lambda r: r.batch_per_device, default=None)
+
+
+def _next_guess(known: list[StepReport]) -> int | None:
+    """`refine_largest`'s next batch to compile, or None when the search is done."""
+    fit = _largest_fit(known)
+    over = min((r.batch_per_device for r in known if not r.fits), default=None)
+    lo = fit.batch_per_device if fit else 0
+    if fit is not None and fit.total_bytes >= (1 - REFINE_WITHIN) * fit.capacity:
+        return None
+    guess = _secant_guess(known)
+    if over is not None and (guess is None or not lo < guess < over):
+        guess = (lo + over) // 2
+    if guess is None or guess <= lo or (fit is not None and guess - lo <= REFINE_WITHIN * lo):
+        return None
+    return guess
 
 
 def _versions(target: targets.Target) -> dict[str, str]:

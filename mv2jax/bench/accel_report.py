@@ -131,8 +131,8 @@ def _notes(report: dict[str, Any]) -> list[str]:
         notes += sorted({n for x in ok for n in x.get("notes", [])})
         if any(x.get("largest_batch") for x in ok):
             notes.append(
-                "largest batch/chip: memory (state + temporaries) is linear in the batch; a second compile gives "
-                "the line, one more confirms its crossing with the chip's memory"
+                "largest batch/chip: a second compile gives a line of memory (state + temporaries) against the "
+                "batch; its crossing with the chip's memory is compiled and refined by the secant to within 2%"
             )
     notes += _feeding(summary)
     for r in rows:

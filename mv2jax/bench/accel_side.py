@@ -5,8 +5,8 @@ XLA:GPU for a slice or GPU this machine does not have (`mv2jax.accel`), beside t
 One phase per target and precision (variant 'TARGET/PRECISION', e.g. 'v5e:2x2/bf16'). Its row holds both programs'
 per-chip analyses (flops and HBM bytes per image, temporaries, fusions, the roofline img/s from the chip's
 published peaks), mv2jax over the reference, and, with `AccelBench.largest_batch`, the largest per-chip batch that
-fits (memory is linear in the batch: a second compile gives the line, one more confirms its crossing with the
-chip's memory). The phase needs libtpu or jax's CUDA plugin; without them its row is 'skipped' with the pip
+fits (a second compile gives a line of memory against the batch; its crossing with the chip's memory is compiled
+and refined by the secant). The phase needs libtpu or jax's CUDA plugin; without them its row is 'skipped' with the pip
 command.
 """
 
@@ -62,10 +62,10 @@ def _reference_program(cfg: BenchConfig, precision: str, batch: int, devices: li
 
 def largest_batch(measure: Callable[[int], Any], first: Any) -> tuple[Any, list[int]]:
     """(the compiled step at the largest per-chip batch that fits, or None; the batches compiled to find it),
-    from `first`, the step compiled at the phase's batch. Memory is linear in the batch: a second compile (twice
-    the batch, or half when XLA refuses that outright) gives the line, and its crossing with the chip's memory
-    is confirmed with one compile (`mv2jax.accel.compile_only.confirm_largest`)."""
-    from mv2jax.accel.compile_only import batch_at_capacity, confirm_largest, largest_fitting_batch
+    from `first`, the step compiled at the phase's batch. A second compile (twice the batch, or half when XLA
+    refuses that outright) gives the line; its crossing with the chip's memory is compiled and refined by the
+    secant (`mv2jax.accel.compile_only.refine_largest`)."""
+    from mv2jax.accel.compile_only import largest_fitting_batch, refine_largest
 
     tried: list[int] = []
 
@@ -75,16 +75,10 @@ def largest_batch(measure: Callable[[int], Any], first: Any) -> tuple[Any, list[
 
     if not first.fits:
         return largest_fitting_batch(counted, first), tried
-    second = counted(2 * first.batch_per_device)
-    if second.out_of_memory and first.batch_per_device > 1:
-        second = counted(first.batch_per_device // 2)
-    if second.out_of_memory:
-        return first, tried
-    best = max((r for r in (first, second) if r.fits), key=lambda r: r.batch_per_device)
-    guess = batch_at_capacity(first, second)
-    if guess is None or guess <= best.batch_per_device:
-        return best, tried
-    return confirm_largest(counted, guess, best), tried
+    known = [first, counted(2 * first.batch_per_device)]
+    if known[-1].out_of_memory and first.batch_per_device > 1:
+        known.append(counted(first.batch_per_device // 2))
+    return refine_largest(counted, known), tried
 
 
 def _ratios(ours: dict[str, Any], ref: dict[str, Any] | None) -> dict[str, float | None] | None:
