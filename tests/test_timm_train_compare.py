@@ -223,3 +223,20 @@ def test_the_stand_in_takes_initial_checkpoint_as_timms_train_py_does():
 
     assert _parser().parse_args(["--initial-checkpoint", "w.safetensors"]).initial_checkpoint == "w.safetensors"
     assert _parser().parse_args([]).initial_checkpoint == ""
+
+
+def test_a_rerun_reuses_finished_runs_of_the_same_command_and_retrains_a_changed_or_unfinished_one(tmp_path):
+    """An interrupted comparison (an hour for 16 seeds) resumes: a run that finished recorded its result and
+    command; the same command reuses it, another command or a run without a record trains again."""
+    train_py = tmp_path / "train.py"  # counts its runs in a file outside the run directory
+    counter = tmp_path / "runs.txt"
+    train_py.write_text(f"open({str(counter)!r}, 'a').write('x')\n")
+    out = tmp_path / "out"
+    first = run_timm(0, out, train_py)
+    again = run_timm(0, out, train_py)
+    assert counter.read_text() == "x" and again == first
+    run_timm(0, out, train_py, init=tmp_path / "w.safetensors")  # another command: trained again
+    assert counter.read_text() == "xx"
+    (out / "timm" / "seed0" / "result.json").unlink()  # killed before it finished: trained again
+    run_timm(0, out, train_py, init=tmp_path / "w.safetensors")
+    assert counter.read_text() == "xxx"

@@ -30,6 +30,8 @@ Outputs in DIR: `report.json` (every run's per-epoch figures, each side's mean a
 their intervals, the command, the date and the versions: `mv2jax.bench.train_compare_report`), `report.md` (the
 BENCHMARKS.md section, also printed and appended to `--markdown FILE`), `curves.png` (per-epoch held-out top-1 raw
 and EMA, and train loss, both sides overlaid) and each run's directory and stdout under `DIR/{mv2jax,timm}/`.
+Rerunning the same command resumes: each finished run records its result (`result.json`) and is reused when its
+command is unchanged.
 Compared, per side, over the runs that exit 0: the last epoch's raw top-1, EMA top-1 and the EMA gain over raw
 (EMA minus raw, per run); the difference mv2jax - timm with its 95% Welch interval (Welch-Satterthwaite degrees of
 freedom, Student's t quantile). Exit code 1 if any run failed.

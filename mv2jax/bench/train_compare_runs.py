@@ -5,12 +5,18 @@ Per epoch, both sides' summary.csv (timm's `update_summary` columns `epoch, trai
 eval_top5, lr`, eval the EMA's with `--model-ema`) give the train loss, the EMA top-1 and the lr; the raw model's
 top-1 comes from mv2jax's log.jsonl (`eval.top1` of each epoch record) and from timm's stdout (the last batch of
 each 'Test:' validation, whose bracketed figure is the running average over the held-out split).
+
+A finished run (any exit code) leaves `result.json` beside its stdout: its `Result` and the exact command. Rerunning
+the comparison with the same `--out` reuses each run whose recorded command is the one it would run, so an
+interrupted comparison resumes at the first run that had not finished; a changed recipe, path or interpreter
+retrains.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -27,6 +33,7 @@ from mv2jax.train.logging import LOG_FILE, SUMMARY_FILE, read_log
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT = "compare"
+RESULT_FILE = "result.json"
 NUM_CLASSES = 10  # the digits
 SIDES = ("mv2jax", "timm")
 TIMM_EXTRA = ("--num-classes", str(NUM_CLASSES), "--device", "cpu")
@@ -202,23 +209,45 @@ def _seed_output(seed: int, init: Path | None, base: Path) -> list[str]:
     return [*init_flags, "--seed", str(seed), "--output", str(base), "--experiment", EXPERIMENT]
 
 
+def finished_result(base: Path, cmd: list[str]) -> Result | None:
+    """The `Result` recorded in `base` by a finished run of exactly `cmd`, else None."""
+    try:
+        row = json.loads((base / RESULT_FILE).read_text())
+        return Result.from_json(row) if row.get("command") == cmd else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _run_once(
+    seed: int, side: str, base: Path, cmd: list[str], cwd: Path, read, env: Mapping[str, str] | None = None
+) -> Result:
+    """The recorded result of `cmd` in `base`, or run it (in a clean `base`: an existing run directory would be
+    resumed by mv2jax, and timm would write to '<experiment>-1') and record it."""
+    done = finished_result(base, cmd)
+    if done is not None:
+        print(f"reusing the finished {side} run of seed {seed} ({base / RESULT_FILE})", flush=True)
+        return done
+    shutil.rmtree(base, ignore_errors=True)
+    wall, rc = run_logged(cmd, base / "stdout.log", cwd, env)
+    result = Result(seed, side, read(base), wall, rc)
+    write_atomic(base / RESULT_FILE, json.dumps({**result.to_json(), "command": cmd}, indent=1).encode())
+    return result
+
+
 def run_mv2jax(seed: int, out: Path, init: Path | None = None) -> Result:
     """mv2jax's `python train.py` with the QUICK_RUN flags, `--seed`, `--output` and `--initial-checkpoint init`."""
     base = out / "mv2jax" / f"seed{seed}"
-    shutil.rmtree(base, ignore_errors=True)  # an existing run directory would be resumed, not retrained
     cmd = [sys.executable, str(REPO / "train.py"), *quick_run_flags(), *_seed_output(seed, init, base)]
-    wall, rc = run_logged(cmd, base / "stdout.log", REPO)
-    return Result(seed, "mv2jax", read_mv2jax_run(base / EXPERIMENT), wall, rc)
+    return _run_once(seed, "mv2jax", base, cmd, REPO, lambda b: read_mv2jax_run(b / EXPERIMENT))
 
 
 def run_timm(seed: int, out: Path, train_py: Path, init: Path | None = None) -> Result:
     """timm's train.py with the equivalent flags (and `--initial-checkpoint init`), in `timm_env()`."""
     base = out / "timm" / f"seed{seed}"
-    shutil.rmtree(base, ignore_errors=True)  # timm would otherwise write to '<experiment>-1'
     cmd = [sys.executable, str(train_py), *timm_flags(out / "data"), *_seed_output(seed, init, base)]
-    log = base / "stdout.log"
-    wall, rc = run_logged(cmd, log, train_py.parent, timm_env())
-    return Result(seed, "timm", read_timm_run(base / EXPERIMENT, log), wall, rc)
+    return _run_once(
+        seed, "timm", base, cmd, train_py.parent, lambda b: read_timm_run(b / EXPERIMENT, b / "stdout.log"), timm_env()
+    )
 
 
 def lr_mismatch(a: Result, b: Result) -> float | None:
