@@ -10,7 +10,8 @@ The accelerator phases compile the RA train step for TPU slices and GPUs this ma
 jax's CUDA plugin's compile-only devices; `mv2jax.bench.accel_side`): per chip, XLA's flops and bytes per image,
 temporaries, fusions and a roofline img/s, beside a textbook Flax step compiled in the same process, and how many
 loader workers would feed a chip at that rate.
-Prints a table and writes JSON (`--output`). Each phase (side x mode x variant) runs in a fresh subprocess so its
+Prints a table and writes JSON (`--output`, rewritten after each phase and marked partial until the last, so a
+stopped run keeps what it measured). Each phase (side x mode x variant) runs in a fresh subprocess so its
 RSS high-water mark and compile times are its own; phases run one after another. `--phases` picks some of them.
 Both sides run with the same host allocator setting, named in the report: glibc's as the environment has it, or
 (`--host-allocator train`) the tunables train.py runs with (`mv2jax.host_memory`), under which PyTorch's
@@ -278,10 +279,12 @@ def run_all(args: argparse.Namespace, cfg: BenchConfig) -> dict[str, Any]:
 def _run_phases(
     args: argparse.Namespace, cfg: BenchConfig, phases: list[Phase], loader_data: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """Every phase in `phases` (isolated unless `--no-isolate`), then the summary."""
+    """Every phase in `phases` (isolated unless `--no-isolate`), then the summary. With `--output`, the report of the
+    phases done so far is written after each one (`"partial": true` until the last), so a benchmark stopped after an
+    hour of compiles keeps what it measured (`--from-json` renders it)."""
     t0, load_before = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
     results: list[dict[str, Any]] = []
-    for phase in phases:
+    for done, phase in enumerate(phases):
         print(f"[benchmark] {phase.name} ...", file=sys.stderr, flush=True)
         t_phase = time.perf_counter()
         python = args.accel_python if phase.mode == "accel" else ""
@@ -291,6 +294,21 @@ def _run_phases(
         for r in phase_results:  # the load average says how much other work shared the cores meanwhile
             r["phase_wall_s"], r["load_avg_1min_after"] = time.perf_counter() - t_phase, os.getloadavg()[0]
         results += phase_results
+        if args.output and done + 1 < len(phases):
+            partial = _report(args, cfg, results, loader_data, t0, load_before)
+            partial |= {"partial": True, "phases_left": [p.name for p in phases[done + 1 :]]}
+            write_atomic(Path(args.output), json.dumps(partial, indent=1).encode())
+    return _report(args, cfg, results, loader_data, t0, load_before)
+
+
+def _report(
+    args: argparse.Namespace,
+    cfg: BenchConfig,
+    results: list[dict[str, Any]],
+    loader_data: dict[str, Any] | None,
+    t0: float,
+    load_before: list[float],
+) -> dict[str, Any]:
     mv2 = [r for r in results if r["side"] == "mv2jax" and r.get("status") == "ok" and r["mode"] in MODEL_MODES]
     return {
         "config": cfg.to_json(),

@@ -332,3 +332,31 @@ def test_markdown_section_is_written_from_the_report(run, bench_dir, tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert again.read_text() == "# Benchmarks\n\nAn earlier section.\n\n" + md.removeprefix("# Benchmarks\n\n")
+
+
+def test_a_stopped_benchmark_leaves_the_report_of_the_phases_it_finished(tmp_path, monkeypatch):
+    """With --output, the report is rewritten after every phase (marked partial until the last), so an hour of
+    accelerator compiles is not lost to a Ctrl-C or a killed job; the finished report is not marked partial."""
+    import mv2jax.benchmark as bm
+
+    out = tmp_path / "bench.json"
+    args = parse_args(["--skip-timm", "--skip-loader", "--skip-accel", "--output", str(out)])
+    phases = plan(args)[:3]
+    calls: list[str] = []
+
+    def one_phase(phase, cfg, timeout_s, python=""):
+        calls.append(phase.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return bm._failed_phase(phase, cfg, "measured")
+
+    monkeypatch.setattr(bm, "run_isolated", one_phase)
+    with pytest.raises(KeyboardInterrupt):
+        bm._run_phases(args, bm.config_from_args(args), phases, None)
+    saved = json.loads(out.read_text())
+    assert saved["partial"] and saved["phases_left"] == [p.name for p in phases[1:]]
+    assert f"partial: stopped before {phases[1].name}" in format_report(saved)
+    assert {(r["side"], r["mode"], r["variant"]) for r in saved["results"]} == {
+        (phases[0].side, phases[0].mode, phases[0].variant)
+    }
+    assert "partial" not in bm._run_phases(args, bm.config_from_args(args), phases[2:], None)

@@ -239,7 +239,7 @@ def _export_lines(export: dict[str, Any]) -> list[str]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The human-readable table of a finished run (`report` as written to the JSON file)."""
+    """The human-readable table of a run (`report` as written to the JSON file; a partial one says so)."""
     m, results, summary = report["machine"], report["results"], report["summary"]
     lines = [
         f"mv2jax benchmark: {report['config']['model']} @ {report['config']['img_size']}px, fp32",
@@ -248,6 +248,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"conv_impl auto -> {report['conv_impl_auto']}; train step: {report.get('step_impl') or '-'}",
         f"host memory (both sides): {report.get('host_memory', '-')}",
         f"load average before/after: {report['load_before']} / {report['load_after']}",
+        *([f"partial: stopped before {', '.join(report['phases_left'])}"] if report.get("partial") else []),
         "",
         f"{'mode':<9} {'side':<6} {'variant':<22} {'batch':>5} {'img/s':>9} {'min-max':^17} {'sprd':>6} "
         f"{'/timm':>6} {'jit1st s':>8} {'AOT s':>8} {'cached s':>8} {'RSS MiB':>8} {'XLAtmp':>8}",
