@@ -19,8 +19,8 @@ TOPOLOGY = "v5e:2x2"
 MODEL, IMG_SIZE, PER_CHIP = "mobilenetv2_100", 96, 16
 # Ceilings of mv2jax / reference per chip and step: above what the step reaches today, below what the two-pass
 # BatchNorm variance gave; the goal is 1.0 for both, tighten them as the step gets there.
-MAX_BYTES_RATIO = 1.08
-MAX_TEMP_RATIO = 1.2
+MAX_BYTES_RATIO = 1.05
+MAX_TEMP_RATIO = 1.15
 
 
 @pytest.fixture(scope="session")
