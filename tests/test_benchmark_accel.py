@@ -171,7 +171,7 @@ def test_the_accel_report_renders_from_a_saved_json_in_print_and_markdown(tmp_pa
         f"{245 / 187:.2f}x",
         f"{(3 << 30) / 2.35e9:.2f}x",
         f"{746 / 423:.2f}x",
-        "611",
+        "611 (94%)",  # 15 of the chip's 16 GiB
         workers,
     ]
     assert f"{workers} workers for 3,340 img/s" in text and "28-60 vCPUs per chip" in text

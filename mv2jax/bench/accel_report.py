@@ -61,6 +61,16 @@ def _ratio(ratios: dict[str, Any] | None, key: str) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _largest(largest: dict[str, Any] | None, capacity: int | None) -> str:
+    """The largest batch per chip and the share of the chip's memory it uses ('2045 (94%)')."""
+    if not largest:
+        return "-"
+    if not largest["batch_per_chip"]:
+        return "none"
+    batch, used = largest["batch_per_chip"], largest.get("total_bytes")
+    return f"{batch} ({used / capacity:.0%})" if used and capacity else str(batch)
+
+
 def _cells(r: dict[str, Any], feed: dict[str, Any]) -> list[str]:
     m, ref, ratios = r["mv2jax"], r.get("reference") or {}, r.get("mv2jax_over_reference")
     largest = r.get("largest_batch")
@@ -82,7 +92,7 @@ def _cells(r: dict[str, Any], feed: dict[str, Any]) -> list[str]:
         _ratio(ratios, "hbm_bytes"),
         _ratio(ratios, "temp_bytes"),
         _ratio(ratios, "fusions"),
-        "-" if not largest else str(largest["batch_per_chip"] or "none"),
+        _largest(largest, m.get("capacity_bytes")),
         str(feed.get("loader_workers_per_chip") or "-"),
         f"{m['compile_s']:.0f}/{_num(ref.get('compile_s'), '.0f')}",
     ]
@@ -130,9 +140,13 @@ def _notes(report: dict[str, Any]) -> list[str]:
         notes.append("compiled with " + " | ".join(versions))
         notes += sorted({n for x in ok for n in x.get("notes", [])})
         if any(x.get("largest_batch") for x in ok):
+            from mv2jax.accel.compile_only import REFINE_COMPILES, REFINE_WITHIN
+
             notes.append(
-                "largest batch/chip: a second compile gives a line of memory (state + temporaries) against the "
-                "batch; its crossing with the chip's memory is compiled and refined by the secant to within 2%"
+                "largest batch/chip (in brackets, the share of the chip's memory it uses): a second compile gives "
+                "a line of memory (state + temporaries) against the batch; its crossing with the chip's memory is "
+                f"compiled and refined by the secant, at most {REFINE_COMPILES} more compiles, until within "
+                f"{REFINE_WITHIN:.0%} of the batch or of the memory"
             )
     notes += _feeding(summary)
     for r in rows:
