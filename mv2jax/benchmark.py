@@ -260,24 +260,28 @@ def _pin_cores(threads: int) -> None:
         os.sched_setaffinity(0, cores[:threads])
 
 
-def run_all(args: argparse.Namespace, cfg: BenchConfig) -> dict[str, Any]:
+def run_all(args: argparse.Namespace, cfg: BenchConfig, header: dict[str, Any]) -> dict[str, Any]:
     """Every planned phase, with sample JPEGs made for the loader phases unless `--loader-data-dir` names a
-    folder: the report as written to JSON."""
+    folder: the report as written to JSON, starting with `header` (date, command)."""
     phases = plan(args)
     if not any(p.mode == "loader" for p in phases):
-        return _run_phases(args, cfg, phases, None)
+        return _run_phases(args, cfg, phases, None, header)
     if cfg.loader.data_dir:
-        return _run_phases(args, cfg, phases, describe_image_folder(cfg.loader.data_dir, limit=cfg.loader.images))
+        folder = describe_image_folder(cfg.loader.data_dir, limit=cfg.loader.images)
+        return _run_phases(args, cfg, phases, folder, header)
     with tempfile.TemporaryDirectory(prefix="mv2jax_loader_bench_") as tmp:
         print(f"[benchmark] writing {cfg.loader.images} sample JPEGs to {tmp} ...", file=sys.stderr, flush=True)
         data = write_sample_jpegs(tmp, cfg.loader.images, cfg.loader.sides)
-        return _run_phases(
-            args, dataclasses.replace(cfg, loader=dataclasses.replace(cfg.loader, data_dir=tmp)), phases, data
-        )
+        loader_cfg = dataclasses.replace(cfg.loader, data_dir=tmp)
+        return _run_phases(args, dataclasses.replace(cfg, loader=loader_cfg), phases, data, header)
 
 
 def _run_phases(
-    args: argparse.Namespace, cfg: BenchConfig, phases: list[Phase], loader_data: dict[str, Any] | None
+    args: argparse.Namespace,
+    cfg: BenchConfig,
+    phases: list[Phase],
+    loader_data: dict[str, Any] | None,
+    header: dict[str, Any],
 ) -> dict[str, Any]:
     """Every phase in `phases` (isolated unless `--no-isolate`), then the summary. With `--output`, the report of the
     phases done so far is written after each one (`"partial": true` until the last), so a benchmark stopped after an
@@ -295,10 +299,10 @@ def _run_phases(
             r["phase_wall_s"], r["load_avg_1min_after"] = time.perf_counter() - t_phase, os.getloadavg()[0]
         results += phase_results
         if args.output and done + 1 < len(phases):
-            partial = _report(args, cfg, results, loader_data, t0, load_before)
+            partial = header | _report(args, cfg, results, loader_data, t0, load_before)
             partial |= {"partial": True, "phases_left": [p.name for p in phases[done + 1 :]]}
             write_atomic(Path(args.output), json.dumps(partial, indent=1).encode())
-    return _report(args, cfg, results, loader_data, t0, load_before)
+    return header | _report(args, cfg, results, loader_data, t0, load_before)
 
 
 def _report(
@@ -474,11 +478,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.accel_python and not os.access(args.accel_python, os.X_OK):
             raise ValueError(f"--accel-python {args.accel_python}: not an executable interpreter")
         started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        report = {
+        header = {
             "date": started,
             "command": shlex.join(["python", "-m", "mv2jax.benchmark", *(sys.argv[1:] if argv is None else argv)]),
         }
-        report |= run_all(args, cfg)
+        report = run_all(args, cfg, header)
     print(format_report(report))
     if args.output and not args.from_json:
         write_atomic(Path(args.output), json.dumps(report, indent=1).encode())

@@ -352,11 +352,12 @@ def test_a_stopped_benchmark_leaves_the_report_of_the_phases_it_finished(tmp_pat
 
     monkeypatch.setattr(bm, "run_isolated", one_phase)
     with pytest.raises(KeyboardInterrupt):
-        bm._run_phases(args, bm.config_from_args(args), phases, None)
+        bm._run_phases(args, bm.config_from_args(args), phases, None, {"date": "today", "command": "the command"})
     saved = json.loads(out.read_text())
+    assert saved["date"] == "today" and saved["command"] == "the command"  # as the finished report has them
     assert saved["partial"] and saved["phases_left"] == [p.name for p in phases[1:]]
     assert f"partial: stopped before {phases[1].name}" in format_report(saved)
     assert {(r["side"], r["mode"], r["variant"]) for r in saved["results"]} == {
         (phases[0].side, phases[0].mode, phases[0].variant)
     }
-    assert "partial" not in bm._run_phases(args, bm.config_from_args(args), phases[2:], None)
+    assert "partial" not in bm._run_phases(args, bm.config_from_args(args), phases[2:], None, {})
