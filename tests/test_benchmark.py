@@ -338,6 +338,7 @@ def test_a_stopped_benchmark_leaves_the_report_of_the_phases_it_finished(tmp_pat
     """With --output, the report is rewritten after every phase (marked partial until the last), so an hour of
     accelerator compiles is not lost to a Ctrl-C or a killed job; the finished report is not marked partial."""
     import mv2jax.benchmark as bm
+    from mv2jax.bench.markdown import markdown_section
 
     out = tmp_path / "bench.json"
     args = parse_args(["--skip-timm", "--skip-loader", "--skip-accel", "--output", str(out)])
@@ -357,6 +358,7 @@ def test_a_stopped_benchmark_leaves_the_report_of_the_phases_it_finished(tmp_pat
     assert saved["date"] == "today" and saved["command"] == "the command"  # as the finished report has them
     assert saved["partial"] and saved["phases_left"] == [p.name for p in phases[1:]]
     assert f"partial: stopped before {phases[1].name}" in format_report(saved)
+    assert f"- Partial: stopped before {phases[1].name}" in markdown_section(saved, "Stopped")
     assert {(r["side"], r["mode"], r["variant"]) for r in saved["results"]} == {
         (phases[0].side, phases[0].mode, phases[0].variant)
     }

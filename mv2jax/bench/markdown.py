@@ -52,6 +52,7 @@ def markdown_section(report: dict[str, Any], title: str) -> str:
         f"- Command: `{report.get('command', 'not recorded')}`",
         f"- Model: {cfg['model']} at {cfg['img_size']}x{cfg['img_size']}, float32; medians of {cfg['repeats']} timed "
         f"runs; conv_impl auto -> {report['conv_impl_auto']}",
+        *([f"- Partial: stopped before {', '.join(report['phases_left'])}"] if report.get("partial") else []),
     ]
     model_rows = [_phase_row(r, summary) for r in report["results"] if r["mode"] in MODEL_MODES]
     if model_rows:  # none when only other phases ran (--phases accel)
