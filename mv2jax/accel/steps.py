@@ -118,7 +118,7 @@ def build_steps(config: TrainConfig, devices: Sequence[Any]) -> Steps:
     steps = config.steps_per_epoch or STEPS_PER_EPOCH
     quiet = lambda *_: None  # noqa: E731
     with train_run._user_errors("model"):
-        tx, schedule, _ = train_run._optimizer(config, steps, config.batch_size * n, quiet)
+        tx, schedule, _ = train_run._optimizer(config, steps, config.batch_size * n, quiet, devices[0].platform)
         graphdef, state, model = _abstract_state(config, num_classes, tx)
     with train_run._user_errors("transforms"):
         data_config, _, _ = train_run._transforms(config, model)

@@ -30,7 +30,7 @@ import dataclasses
 import logging
 import os
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -205,10 +205,19 @@ class TrainCheckpointer:
     def read_meta(self, step: int) -> dict:
         return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
-    def restore(self, step: int, template: TrainState, *, restore_opt: bool = True) -> Restored:
+    def restore(
+        self,
+        step: int,
+        template: TrainState,
+        *,
+        restore_opt: bool = True,
+        relayout_opt: Callable[[PyTree], PyTree] | None = None,
+    ) -> Restored:
         """The train state saved at `step`, shaped and placed like `template` (e.g. the freshly created state,
         already sharded). Without `restore_opt` the optimizer state of `template` is kept, its counts set to `step`.
-        An EMA missing from the checkpoint starts as a copy of the restored weights (as timm's resume does)."""
+        An EMA missing from the checkpoint starts as a copy of the restored weights (as timm's resume does).
+        `relayout_opt(opt_state)`: the optimizer state in the optimizer's other layout (`optim.relayout` bound to
+        the parameters); with it, an optimizer state saved in that layout (packed or per parameter) is converted."""
         meta = self.read_meta(step)
         model_template = module_state(template.params, template.batch_stats)
         state_target = {"model": model_template}
@@ -223,7 +232,7 @@ class TrainCheckpointer:
         }
         got = dict(self.manager.restore(step, args=ocp.args.Composite(**items)))
         if restore_opt:
-            got["opt_state"] = self._restore_opt_state(step, template.opt_state)
+            got["opt_state"] = self._restore_opt_state(step, template.opt_state, relayout_opt)
         model = got["state"]["model"]
         params, batch_stats = take_like(model, template.params), take_like(model, template.batch_stats)
         ema = None
@@ -243,20 +252,41 @@ class TrainCheckpointer:
             state = set_step(state, int(jax.device_get(state.step)))
         return Restored(state, meta, dict(got["data"]) if got.get("data") else None)
 
-    def _restore_opt_state(self, step: int, opt_state: PyTree) -> PyTree:
-        """The optimizer state saved at `step`, shaped like `opt_state`; a one-line error if its layout differs
-        (another optimizer, or saved by an mv2jax before the packed optimizer state)."""
-        args = ocp.args.Composite(opt_state=ocp.args.StandardRestore(_abstract(opt_state)))
+    def _restore_opt_state(
+        self, step: int, opt_state: PyTree, relayout: Callable[[PyTree], PyTree] | None = None
+    ) -> PyTree:
+        """The optimizer state saved at `step`, shaped like `opt_state`: as saved, or, saved in the other layout,
+        read in that one and converted by `relayout`. A one-line error if neither fits (another optimizer)."""
+        saved = self._restore_opt_tree(step, _abstract(opt_state))
+        if saved is not None:
+            return saved
+        if relayout is not None:
+            sharding = getattr(jax.tree.leaves(opt_state)[0], "sharding", None)  # the state is replicated
+            other = jax.tree.map(
+                lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                jax.eval_shape(relayout, opt_state),
+            )
+            saved = self._restore_opt_tree(step, other)
+            if saved is not None:
+                converted = jax.jit(relayout, out_shardings=jax.tree.map(lambda x: x.sharding, opt_state))(saved)
+                if jax.tree.structure(converted) == jax.tree.structure(opt_state):
+                    return converted
+        raise ValueError(
+            f"checkpoint step {step}: its optimizer state does not fit this optimizer (another --opt, "
+            f"--weight-decay grouping or model): resume with --no-resume-opt to restore the weights, EMA and step "
+            f"with a fresh optimizer state"
+        )
+
+    def _restore_opt_tree(self, step: int, target: PyTree) -> PyTree | None:
+        """The optimizer state saved at `step` read as `target` (ShapeDtypeStructs), or None if it has another
+        structure or shapes."""
+        args = ocp.args.Composite(opt_state=ocp.args.StandardRestore(target))
         try:
             return self.manager.restore(step, args=args)["opt_state"]
         except ValueError as err:
             if "do not match" not in str(err):
                 raise
-            raise ValueError(
-                f"checkpoint step {step}: its optimizer state does not fit this optimizer (another --opt or model, "
-                f"or saved by an mv2jax before the packed optimizer state): resume with --no-resume-opt to restore "
-                f"the weights, EMA and step with a fresh optimizer state"
-            ) from None
+            return None
 
     def wait(self) -> None:
         """Block until pending async saves are committed."""

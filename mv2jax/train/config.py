@@ -61,6 +61,7 @@ def flag(
 
 
 _DATA, _MODEL, _DEVICE, _OPT = "Dataset parameters", "Model parameters", "Device parameters", "Optimizer parameters"
+OPT_LAYOUTS = ("auto", "packed", "per-param")
 _SCHED, _AUG = "Learning rate schedule parameters", "Augmentation and regularization parameters"
 _BN, _EMA, _DIST = "Batch norm parameters", "Model exponential moving average parameters", "Multi-host (mv2jax)"
 
@@ -193,6 +194,15 @@ class TrainConfig:
     weight_decay: float = flag("--weight-decay", default=2e-5, group=_OPT, type=float)
     clip_grad: float | None = flag("--clip-grad", group=_OPT, type=float, metavar="NORM")
     clip_mode: str = flag("--clip-mode", default="norm", group=_OPT, choices=("norm", "value"))
+    opt_layout: str = flag(  # mv2jax's
+        "--opt-layout",
+        default="auto",
+        group=_OPT,
+        choices=OPT_LAYOUTS,
+        help="optimizer state as one vector per buffer and weight-decay group ('packed': fewer kernels) or shaped as "
+        "the parameters ('per-param': fewer HBM bytes on a TPU); 'auto': per-param on a TPU, else packed. A "
+        "checkpoint of either layout resumes in the other",
+    )
     # Learning-rate schedule
     sched: str = flag("--sched", default="cosine", group=_SCHED, choices=("step", "cosine", "constant"))
     sched_on_updates: bool = flag("--sched-on-updates", default=False, group=_SCHED, action="store_true")

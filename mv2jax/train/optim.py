@@ -219,6 +219,52 @@ def packed_decay_mask(flat: Mapping[str, Any]) -> dict[str, bool]:
     return {g: g == "decay" for g in flat}
 
 
+def packs_on(platform: str) -> bool:
+    """Whether train.py packs the optimizer state (`create_optimizer(pack=...)`) for a step compiled for
+    `platform` ('cpu', 'gpu' or 'tpu'). Not on a TPU: there XLA moves fewer HBM bytes and holds fewer temporaries
+    with the state per parameter. On a GPU per-parameter state costs a kernel per parameter array (BENCHMARKS.md)."""
+    return platform != "tpu"
+
+
+def decay_groups(
+    weight_decay: float, filter_bias_and_bn: bool = True, no_weight_decay: Collection[str] = ()
+) -> Callable[[Any], Any]:
+    """`params -> tree of bools`: where `create_optimizer` with these arguments applies weight decay, i.e. how its
+    packed state groups the parameters."""
+    if weight_decay and (filter_bias_and_bn or no_weight_decay):
+        return lambda p: weight_decay_mask(p, no_weight_decay, exclude_1d=filter_bias_and_bn)
+    return lambda p: jax.tree.map(lambda _: bool(weight_decay), p)
+
+
+def _is_packed_vectors(node: Any) -> bool:
+    return isinstance(node, dict) and bool(node) and set(node) <= set(PACKED_GROUPS)
+
+
+def relayout(state: Any, params: Any, decays: Callable[[Any], Any]) -> Any:
+    """The optimizer state `state` in the other layout: a `packed` state (`create_optimizer(pack=True)`) as the
+    same optimizer's per-parameter state (`pack=False`), or the reverse. The numbers are unchanged. `params`: the
+    parameters (arrays or ShapeDtypeStructs) the state is for; `decays`: their grouping (`decay_groups`)."""
+    mask = decays(params)
+    leaves, treedef = jax.tree.flatten(params)
+    groups = [_group(d) for d in jax.tree.leaves(mask)]
+    starts = _offsets(params, mask)
+    if isinstance(state, PackedState):
+
+        def unpack(flat: Mapping[str, jax.Array]) -> Any:
+            pieces = [
+                jax.lax.slice(flat[g], (s,), (s + int(np.size(leaf)),)).reshape(np.shape(leaf))
+                for leaf, g, s in zip(leaves, groups, starts, strict=True)
+            ]
+            return jax.tree.unflatten(treedef, pieces)
+
+        return jax.tree.map(
+            lambda n: unpack(n) if _is_packed_vectors(n) else n, state.inner, is_leaf=_is_packed_vectors
+        )
+    is_params = lambda node: jax.tree.structure(node) == treedef  # noqa: E731
+    inner = jax.tree.map(lambda n: _pack(n, mask) if is_params(n) else n, state, is_leaf=is_params)
+    return PackedState(inner, tuple(jnp.asarray(s, jnp.int32) for s in starts))
+
+
 @dataclasses.dataclass(frozen=True)
 class OptInfo:
     """How a timm `--opt` name maps to a builder: which of timm's common args apply, and fixed defaults."""
@@ -270,7 +316,8 @@ def create_optimizer(
     does not take raises (timm silently drops e.g. eps for sgd).
 
     With `pack` (the default) the optimizer runs on two flat vectors (decayed and not decayed parameters; see
-    `packed`) and its state is those vectors' buffers; `pack=False` keeps the state shaped as the parameters.
+    `packed`) and its state is those vectors' buffers; `pack=False` keeps the state shaped as the parameters
+    (train.py picks by platform, `packs_on`; `relayout` converts a state between the two).
     """
     info = OPTIMIZERS.get(opt.lower())
     if info is None:
@@ -292,15 +339,14 @@ def create_optimizer(
         raise TypeError(f"Optimizer {opt!r} got unsupported arguments {sorted(unknown)}")
     args.update(kwargs)
     masked = weight_decay and (filter_bias_and_bn or no_weight_decay)
-    mask_fn = lambda p: weight_decay_mask(p, no_weight_decay, exclude_1d=filter_bias_and_bn)
+    groups = decay_groups(weight_decay, filter_bias_and_bn, no_weight_decay)
     if pack:
         mask = packed_decay_mask if masked else None
     else:
-        mask = (mask_fn if params is None else mask_fn(params)) if masked else None
+        mask = (groups if params is None else groups(params)) if masked else None
     tx = info.build(learning_rate, weight_decay=weight_decay, mask=mask, **args)
     if clip_grad is not None:
         tx = optax.chain(clip_transform(clip_grad, clip_mode), tx)
     if pack:
-        decays = bool(weight_decay)
-        tx = packed(tx, mask_fn if masked else lambda p: jax.tree.map(lambda _: decays, p))
+        tx = packed(tx, groups)
     return tx

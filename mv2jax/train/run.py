@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from mv2jax.train.mesh import (
     replicated,
     shard_train_state,
 )
-from mv2jax.train.optim import OPTIMIZERS, create_optimizer
+from mv2jax.train.optim import OPTIMIZERS, create_optimizer, decay_groups, packs_on, relayout
 from mv2jax.train.schedules import create_schedule, scale_lr, scheduled_epochs
 from mv2jax.train.state import TrainState, create_train_state
 from mv2jax.train.step import StepConfig, make_eval_step, make_train_step
@@ -218,8 +219,11 @@ def _transforms(config: TrainConfig, model: nnx.Module) -> tuple[dict, Callable,
     return data_config, train_tf, create_eval_transform(data_config)
 
 
-def _optimizer(config: TrainConfig, steps_per_epoch: int, global_batch: int, say: Callable) -> tuple:
-    """(optax transform, lr schedule, number of epochs) as timm's create_optimizer_v2 / create_scheduler_v2."""
+def _optimizer(
+    config: TrainConfig, steps_per_epoch: int, global_batch: int, say: Callable, platform: str = "cpu"
+) -> tuple:
+    """(optax transform, lr schedule, number of epochs) as timm's create_optimizer_v2 / create_scheduler_v2, for a
+    step compiled for `platform` (which optimizer-state layout, `packs_on`)."""
     info = OPTIMIZERS.get(config.opt.lower())
     if info is None:
         raise ConfigError(f"--opt {config.opt!r}: mv2jax implements {sorted(OPTIMIZERS)}")
@@ -256,6 +260,7 @@ def _optimizer(config: TrainConfig, steps_per_epoch: int, global_batch: int, say
         betas=config.opt_betas,
         clip_grad=config.clip_grad,
         clip_mode=config.clip_mode,
+        pack=packs_on(platform) if config.opt_layout == "auto" else config.opt_layout == "packed",
     )
     return tx, schedule, scheduled_epochs(config.sched, **sched_args)
 
@@ -326,7 +331,7 @@ def build_run(config: TrainConfig) -> tuple[Run, TrainState]:
     eval_loader = create_loader(eval_ds, eval_tf, batch_size=eval_batch, is_training=False, **workers)
     steps_per_epoch = min(len(train_loader), config.steps_per_epoch or len(train_loader))
     say = print if is_primary else (lambda *_: None)
-    tx, schedule, num_epochs = _optimizer(config, steps_per_epoch, global_batch, say)
+    tx, schedule, num_epochs = _optimizer(config, steps_per_epoch, global_batch, say, mesh.devices.flat[0].platform)
     graphdef, state = create_train_state(model, tx, use_ema=config.model_ema)
     step_config = _step_config(config, mesh, say)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
@@ -425,7 +430,8 @@ def resume(
         where = f"{source.directory}/{step}"
         _check_same_model(run, source.read_meta(step), where)
         with _user_errors(f"checkpoint {where}"):  # e.g. an optimizer state of another layout
-            restored = source.restore(step, state, restore_opt=not config.no_resume_opt)
+            relayout_opt = functools.partial(relayout, params=state.params, decays=decay_groups(config.weight_decay))
+            restored = source.restore(step, state, restore_opt=not config.no_resume_opt, relayout_opt=relayout_opt)
         meta = restored.meta
         state = restored.state
         start = Start(

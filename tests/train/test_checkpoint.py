@@ -5,6 +5,7 @@ by array, to an uninterrupted run's)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ import pytest
 
 from mv2jax.convert import read_checkpoint, read_orbax
 from mv2jax.train.checkpoint import PreemptionGuard, TrainCheckpointer, find_checkpoint
-from mv2jax.train.optim import create_optimizer
+from mv2jax.train.optim import create_optimizer, decay_groups, relayout
 from mv2jax.train.schedules import create_schedule
 from mv2jax.train.state import TrainState
 from mv2jax.weights.orbax_io import local_restore_target
@@ -178,16 +179,29 @@ def test_restore_without_optimizer_state_keeps_a_fresh_one_at_the_saved_update_c
     ckpt.close()
 
 
-def test_an_optimizer_state_of_another_layout_is_refused_in_one_line_and_no_resume_opt_restores(tmp_path):
-    """A checkpoint whose optimizer state is shaped per parameter (`pack=False`, as mv2jax saved before packing)
-    does not restore into a packed optimizer: a one-line ValueError names --no-resume-opt, which then works."""
+@pytest.mark.parametrize("saved_packed", [True, False])
+def test_an_optimizer_state_of_the_other_layout_is_converted_and_without_relayout_refused_in_one_line(
+    tmp_path, saved_packed
+):
+    """A checkpoint whose optimizer state is packed restores into a per-parameter optimizer (a TPU run resuming a
+    GPU or CPU run) and the reverse, through `relayout`. Without it, a one-line ValueError names --no-resume-opt,
+    which then works."""
     ckpt = TrainCheckpointer(tmp_path / "checkpoints")
     state, _ = tiny_state(seed=1, step=3)
-    per_leaf = create_optimizer("rmsproptf", 0.1, eps=1e-3, pack=False)
-    ckpt.save(state.replace(opt_state=per_leaf.init(state.params)), meta={}, data_state=None)
+    saved_tx = create_optimizer("rmsproptf", 0.1, eps=1e-3, pack=saved_packed)
+    loaded_tx = create_optimizer("rmsproptf", 0.1, eps=1e-3, pack=not saved_packed)
+    saved_opt = saved_tx.init(state.params)
+    for _ in range(3):
+        _, saved_opt = saved_tx.update(state.params, saved_opt, state.params)
+    ckpt.save(state.replace(opt_state=saved_opt), meta={}, data_state=None)
     ckpt.close()
     ckpt = TrainCheckpointer(tmp_path / "checkpoints")  # a fresh manager, as a resuming process has
     template, _ = tiny_state(seed=2, step=0)
+    template = template.replace(opt_state=loaded_tx.init(template.params))
+    convert = functools.partial(relayout, params=template.params, decays=decay_groups(0.0))
+    restored = ckpt.restore(3, template, relayout_opt=convert).state
+    assert_trees_equal(restored.opt_state, relayout(saved_opt, state.params, decay_groups(0.0)))
+    assert jax.tree.structure(restored.opt_state) == jax.tree.structure(template.opt_state)
     with pytest.raises(ValueError, match="optimizer state does not fit this optimizer.*--no-resume-opt") as err:
         ckpt.restore(3, template)
     assert "\n" not in str(err.value)

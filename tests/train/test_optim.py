@@ -12,7 +12,16 @@ import torch
 from timm.optim import create_optimizer_v2
 from timm.utils import dispatch_clip_grad
 
-from mv2jax.train.optim import PackedState, create_optimizer, rmsprop_tf, weight_decay_mask
+from mv2jax.train.optim import (
+    OPTIMIZERS,
+    PackedState,
+    create_optimizer,
+    decay_groups,
+    packs_on,
+    relayout,
+    rmsprop_tf,
+    weight_decay_mask,
+)
 
 N_STEPS = 20
 WEIGHT_DECAY = 0.05  # large, so a wrongly decayed (or undecayed) parameter shows
@@ -241,3 +250,37 @@ def test_packed_state_is_two_vectors_and_its_offsets():
     assert jax.tree.map(jnp.shape, updates) == jax.tree.map(jnp.shape, params)
     with pytest.raises(ValueError, match="initialise the optimizer with these parameters"):
         tx.update({"a": params["a"]}, state, {"a": params["a"]})
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, WEIGHT_DECAY])
+@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+def test_relayout_converts_a_state_between_the_packed_and_per_parameter_layouts(opt, weight_decay):
+    """After the same updates, the packed state relaid out is the per-parameter one and the reverse (float64: the
+    two layouts do the same arithmetic); a round trip gives back every array exactly."""
+    model = tiny_model()
+    params, grads, _ = random_problem(model)
+    no_decay = model.no_weight_decay()
+    with jax.enable_x64(True):
+        states = {}
+        for pack in (True, False):
+            tx = create_optimizer(opt, 0.01, weight_decay=weight_decay, no_weight_decay=no_decay, pack=pack)
+            p, state = {n: jnp.asarray(v) for n, v in params.items()}, None
+            state = tx.init(p)
+            for g in grads:
+                updates, state = tx.update({n: jnp.asarray(v) for n, v in g.items()}, state, p)
+                p = optax.apply_updates(p, updates)
+            states[pack] = state
+        groups = decay_groups(weight_decay, no_weight_decay=no_decay)
+        for pack in (True, False):
+            other = relayout(states[pack], params, groups)
+            assert jax.tree.structure(other) == jax.tree.structure(states[not pack])
+            for got, want in zip(jax.tree.leaves(other), jax.tree.leaves(states[not pack]), strict=True):
+                np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=0)
+            back = relayout(other, params, groups)
+            for got, want in zip(jax.tree.leaves(back), jax.tree.leaves(states[pack]), strict=True):
+                np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert isinstance(states[True], PackedState) and not isinstance(states[False], PackedState)
+
+
+def test_train_py_packs_the_optimizer_state_on_cpu_and_gpu_not_on_tpu():
+    assert packs_on("cpu") and packs_on("gpu") and not packs_on("tpu")

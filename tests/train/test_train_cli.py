@@ -180,6 +180,28 @@ def test_optimizer_of_another_layout_is_one_error_line_and_no_resume_opt_starts_
     assert _files(interrupted.dir) == before
 
 
+def test_a_packed_optimizer_state_resumes_per_parameter_as_a_tpu_run_would(interrupted, tmp_path):
+    """The interrupted run (CPU: packed optimizer state) resumed with `--opt-layout per-param`, the layout a TPU
+    run has: the saved state is converted, every buffer value kept, and the resumed run saves it per parameter
+    (`--steps-per-epoch` at the saved update: the resumed run's only work is the epoch end's checkpoint)."""
+    moved = tmp_path / "moved"
+    at = ["--epochs", "1", "--steps-per-epoch", str(interrupted.stopped), "--resume", str(interrupted.ckpt)]
+    assert wait(launch(moved, *at, "--opt-layout", "per-param"), moved, 0) == 0, output(moved, 0)[-3000:]
+    assert steps_saved(moved) == [interrupted.stopped]
+    source, restored = final_state(interrupted.dir, interrupted.stopped), final_state(moved, interrupted.stopped)
+    assert_trees_equal(restored["state"], source["state"])
+
+    def buffers(opt_state) -> dict[str, np.ndarray]:
+        return {k: v for k, v in leaves(opt_state).items() if np.issubdtype(v.dtype, np.floating)}
+
+    packed, per_param = buffers(source["opt_state"]), buffers(restored["opt_state"])
+    assert all("decay']" in k for k in packed) and not any("decay']" in k for k in per_param)
+    assert len(per_param) > len(packed)
+    values = lambda b: np.sort(np.concatenate([v.ravel() for v in b.values()]))  # noqa: E731
+    np.testing.assert_array_equal(values(per_param), values(packed))
+    assert np.any(values(packed))
+
+
 def test_each_bad_input_is_one_error_line_exit_2_and_nothing_on_disk_changes(interrupted, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
