@@ -219,6 +219,11 @@ def _transforms(config: TrainConfig, model: nnx.Module) -> tuple[dict, Callable,
     return data_config, train_tf, create_eval_transform(data_config)
 
 
+def _packs(config: TrainConfig, platform: str) -> bool:
+    """Whether the optimizer state is packed (`--opt-layout`; 'auto' by the step's platform)."""
+    return packs_on(platform) if config.opt_layout == "auto" else config.opt_layout == "packed"
+
+
 def _optimizer(
     config: TrainConfig, steps_per_epoch: int, global_batch: int, say: Callable, platform: str = "cpu"
 ) -> tuple:
@@ -260,7 +265,7 @@ def _optimizer(
         betas=config.opt_betas,
         clip_grad=config.clip_grad,
         clip_mode=config.clip_mode,
-        pack=packs_on(platform) if config.opt_layout == "auto" else config.opt_layout == "packed",
+        pack=_packs(config, platform),
     )
     return tx, schedule, scheduled_epochs(config.sched, **sched_args)
 
@@ -306,6 +311,7 @@ def _step_config(config: TrainConfig, mesh: Mesh, say: Callable) -> StepConfig:
         ema_warmup=config.model_ema_warmup,
         bn_stat_groups=stat_groups,
         bn_running_stats=running_stats,
+        flat_norms=_packs(config, mesh.devices.flat[0].platform),
     )
 
 

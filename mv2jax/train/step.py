@@ -48,6 +48,9 @@ class StepConfig:
       of data-parallel devices for timm's per-GPU BN, 1 for [--sync-bn] (see `mv2jax.train.mesh.bn_stat_groups`).
     bn_running_stats: which stat groups update the BN running statistics: 'mean' over them ([--dist-bn reduce])
       or 'first' (group 0 = device 0: [--dist-bn broadcast]); see `mv2jax.train.mesh.dist_bn_running_stats`.
+    flat_norms: the gradient and parameter norms as one reduction over the concatenated leaves (few kernels; with
+      the packed optimizer, which concatenates them too), else per leaf, summed (with the per-parameter optimizer:
+      XLA:TPU fuses them into its kernels, where a concatenation costs HBM bytes).
     """
 
     label_smoothing: float = 0.1
@@ -55,6 +58,7 @@ class StepConfig:
     ema_warmup: bool = False
     bn_stat_groups: int = 1
     bn_running_stats: str = "mean"
+    flat_norms: bool = True
 
     def __post_init__(self):
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -85,12 +89,14 @@ def _forward_loss(params, batch_stats, rng_state, batch: Batch, graphdef: nnx.Gr
     return loss, (new_stats, new_rng)
 
 
-def _global_norm(tree) -> jax.Array:
-    """L2 norm of all leaves together, float32. One reduction over the concatenated leaves: per-leaf sums (as
-    optax.tree.norm) compile to a few XLA fusions per leaf, which lengthens the train step's compile."""
-    leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)]
-    flat = jnp.concatenate(leaves) if leaves else jnp.zeros((0,), jnp.float32)
-    return jnp.sqrt(jnp.sum(jnp.square(flat)))
+def _global_norm(tree, flat: bool = True) -> jax.Array:
+    """L2 norm of all leaves together, float32. `flat`: one reduction over the concatenated leaves (per-leaf sums
+    compile to a few XLA fusions per leaf where nothing else runs per leaf); else per-leaf sums (`StepConfig`)."""
+    leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
+    if not flat:
+        return jnp.sqrt(sum((jnp.sum(jnp.square(x)) for x in leaves), jnp.zeros((), jnp.float32)))
+    joined = jnp.concatenate([jnp.ravel(x) for x in leaves]) if leaves else jnp.zeros((0,), jnp.float32)
+    return jnp.sqrt(jnp.sum(jnp.square(joined)))
 
 
 def train_step(
@@ -119,8 +125,8 @@ def train_step(
     metrics = {
         "loss": loss,
         "lr": jnp.asarray(schedule(state.step) if callable(schedule) else schedule, jnp.float32),
-        "grad_norm": _global_norm(grads),
-        "param_norm": _global_norm(params),
+        "grad_norm": _global_norm(grads, config.flat_norms),
+        "param_norm": _global_norm(params, config.flat_norms),
     }
     ema = state.ema
     if ema is not None:  # ModelEmaV3.update(model, step=num_updates) right after num_updates += 1

@@ -282,5 +282,11 @@ def test_relayout_converts_a_state_between_the_packed_and_per_parameter_layouts(
     assert isinstance(states[True], PackedState) and not isinstance(states[False], PackedState)
 
 
-def test_train_py_packs_the_optimizer_state_on_cpu_and_gpu_not_on_tpu():
+def test_train_py_packs_the_optimizer_state_on_cpu_and_gpu_not_on_tpu_unless_told():
+    from mv2jax.train.config import parse_config
+    from mv2jax.train.run import _packs
+
     assert packs_on("cpu") and packs_on("gpu") and not packs_on("tpu")
+    auto, packed, per_param = (parse_config(["--opt-layout", v]) for v in ("auto", "packed", "per-param"))
+    assert [_packs(c, "tpu") for c in (auto, packed, per_param)] == [False, True, False]
+    assert [_packs(c, "gpu") for c in (auto, packed, per_param)] == [True, True, False]

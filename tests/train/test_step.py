@@ -26,7 +26,7 @@ from timm.utils import accuracy
 
 from mv2jax.convert import mv2jax_to_timm
 from mv2jax.train.state import ema_variables, model_from_state
-from mv2jax.train.step import check_finite, make_eval_step, train_loss
+from mv2jax.train.step import _global_norm, check_finite, make_eval_step, train_loss
 from tests.train.reference import (
     NUM_CLASSES,
     Recipe,
@@ -217,3 +217,17 @@ def test_five_steps_equal_timm_in_float64(float64_run):
     assert len(set(result["timm_lrs"])) == STEPS
     np.testing.assert_allclose(result["losses"], result["timm_losses"], rtol=1e-11)  # measured 2.2e-13
     assert result["recompiles"] == 0
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_global_norm_flat_or_per_leaf_is_the_float64_norm_within_float32_summation(flat):
+    """grad_norm / param_norm in either form (`StepConfig.flat_norms`: concatenated on the CPU and GPUs, per leaf
+    on TPUs) is the norm of all leaves, to float32 summation error (eps32 x log2 of the element count)."""
+    rng = np.random.default_rng(0)
+    shapes = [(3, 3, 1, 96), (96,), (1, 1, 96, 24), (1280, 100), (7,)]
+    tree = {f"p{i}": jnp.asarray(rng.normal(size=s) * 10.0 ** (i - 2), jnp.float32) for i, s in enumerate(shapes)}
+    values = np.concatenate([np.asarray(x, np.float64).ravel() for x in tree.values()])
+    want = np.sqrt(np.sum(values**2))
+    got = float(jax.jit(_global_norm, static_argnums=1)(tree, flat))
+    bound = np.finfo(np.float32).eps * np.log2(values.size)
+    assert abs(got - want) <= bound * want, (got, want)
