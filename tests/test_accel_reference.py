@@ -17,10 +17,10 @@ pytestmark = pytest.mark.accel
 
 TOPOLOGY = "v5e:2x2"
 MODEL, IMG_SIZE, PER_CHIP = "mobilenetv2_100", 96, 16
-# Ceilings of mv2jax / reference per chip and step: above what the step reaches today, below what the two-pass
-# BatchNorm variance gave; the goal is 1.0 for both, tighten them as the step gets there.
-MAX_BYTES_RATIO = 1.05
-MAX_TEMP_RATIO = 1.15
+# Ceilings of mv2jax / reference per chip and step. Bytes: the goal, 1.0 (the step measures 0.85 here). Temporaries:
+# the step measures 1.02 here, from XLA's heap packing (BENCHMARKS.md); the packed optimizer measured 1.135.
+MAX_BYTES_RATIO = 1.0
+MAX_TEMP_RATIO = 1.05
 
 
 @pytest.fixture(scope="session")
