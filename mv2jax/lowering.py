@@ -17,6 +17,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -137,20 +138,25 @@ def lower_ra_steps(
     img_size: int = 32,
     conv_impl: str = "xla",
 ) -> list[Lowered]:
-    """The RA-recipe train step and the eval step, lowered for each platform."""
+    """The RA-recipe train step and the eval step, lowered for each platform (with the optimizer-state layout
+    train.py picks there, `optim.packs_on`)."""
+    from mv2jax.train.optim import packs_on
+
     config = ra_config(model, amp=amp, batch_size=batch_size, img_size=img_size, conv_impl=conv_impl)
-    train_step, eval_step, state, train_batch, eval_batch = build_steps(config, devices=devices)
     n = len(devices) if devices is not None else jax.device_count()
     tag = f"{'bf16' if amp else 'fp32'} x{n}"
-    traced = {
-        "train": train_step.trace(state, train_batch),
+    traced: dict[tuple[str, str], Any] = {}
+    for layout in dict.fromkeys("packed" if packs_on(p) else "per-param" for p in platforms):
+        built = build_steps(dataclasses.replace(config, opt_layout=layout), devices=devices)
+        train_step, eval_step, state, train_batch, eval_batch = built
+        traced["train", layout] = train_step.trace(state, train_batch)
         # the eval step is a closure over its jitted function: jit the closure to trace it
-        "eval": jax.jit(eval_step).trace(state.params, state.batch_stats, eval_batch),
-    }
+        traced["eval", layout] = jax.jit(eval_step).trace(state.params, state.batch_stats, eval_batch)
     return [
-        Lowered(platform, f"{what} {tag}", t.lower(lowering_platforms=(platform,)).as_text())
-        for what, t in traced.items()
+        Lowered(platform, f"{what} {tag}", traced[what, layout].lower(lowering_platforms=(platform,)).as_text())
+        for what in ("train", "eval")
         for platform in platforms
+        for layout in ["packed" if packs_on(platform) else "per-param"]
     ]
 
 
