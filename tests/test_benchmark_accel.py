@@ -67,6 +67,17 @@ def test_the_largest_batch_below_a_step_that_does_not_fit_searches_down():
     assert found is not None and found.batch_per_device == 128 and tried[-1] == 128
 
 
+def test_the_largest_batch_cell_names_the_smallest_batch_that_did_not_fit_when_the_search_stopped_short():
+    from mv2jax.bench.accel_report import _largest
+
+    cap = 16 << 30
+    close = {"batch_per_chip": 611, "total_bytes": 15 << 30, "batches_compiled": [256, 620, 611]}
+    assert _largest(close, cap) == "611 (94%)"
+    stopped = {"batch_per_chip": 1410, "total_bytes": int(0.92 * cap), "batches_compiled": [256, 893, 1410, 2767]}
+    assert _largest(stopped, cap) == "1410 (92%), 2767 not"
+    assert _largest({"batch_per_chip": None}, cap) == "none"
+
+
 PER_WORKER = 39.5  # the saved report's RA transform, images/s per worker
 
 

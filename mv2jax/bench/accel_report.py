@@ -62,13 +62,20 @@ def _ratio(ratios: dict[str, Any] | None, key: str) -> str:
 
 
 def _largest(largest: dict[str, Any] | None, capacity: int | None) -> str:
-    """The largest batch per chip and the share of the chip's memory it uses ('2045 (94%)')."""
+    """The largest batch per chip and the share of the chip's memory it uses ('2045 (94%)'), and the smallest batch
+    compiled that did not fit when the search stopped short of it ('1410 (92%), 2767 not')."""
     if not largest:
         return "-"
     if not largest["batch_per_chip"]:
         return "none"
     batch, used = largest["batch_per_chip"], largest.get("total_bytes")
-    return f"{batch} ({used / capacity:.0%})" if used and capacity else str(batch)
+    from mv2jax.accel.compile_only import REFINE_WITHIN
+
+    cell = f"{batch} ({used / capacity:.0%})" if used and capacity else str(batch)
+    over = min((b for b in largest.get("batches_compiled", []) if b > batch), default=None)  # none of them fit
+    if over and over - batch > REFINE_WITHIN * batch + 1:
+        cell += f", {over} not"
+    return cell
 
 
 def _cells(r: dict[str, Any], feed: dict[str, Any]) -> list[str]:
@@ -146,7 +153,8 @@ def _notes(report: dict[str, Any]) -> list[str]:
                 "largest batch/chip (in brackets, the share of the chip's memory it uses): a second compile gives "
                 "a line of memory (state + temporaries) against the batch; its crossing with the chip's memory is "
                 f"compiled and refined by the secant, at most {REFINE_COMPILES} more compiles, until within "
-                f"{REFINE_WITHIN:.0%} of the batch or of the memory"
+                f"{REFINE_WITHIN:.0%} of the batch or of the memory; 'N not': the smallest batch compiled that did not "
+                "fit, where the compiles ran out before the search narrowed to it (the largest batch is between)"
             )
     notes += _feeding(summary)
     for r in rows:
