@@ -145,18 +145,20 @@ def lower_ra_steps(
     config = ra_config(model, amp=amp, batch_size=batch_size, img_size=img_size, conv_impl=conv_impl)
     n = len(devices) if devices is not None else jax.device_count()
     tag = f"{'bf16' if amp else 'fp32'} x{n}"
+    layouts = {p: "packed" if packs_on(p) else "per-param" for p in platforms}
     traced: dict[tuple[str, str], Any] = {}
-    for layout in dict.fromkeys("packed" if packs_on(p) else "per-param" for p in platforms):
+    for layout in set(layouts.values()):
         built = build_steps(dataclasses.replace(config, opt_layout=layout), devices=devices)
         train_step, eval_step, state, train_batch, eval_batch = built
         traced["train", layout] = train_step.trace(state, train_batch)
         # the eval step is a closure over its jitted function: jit the closure to trace it
         traced["eval", layout] = jax.jit(eval_step).trace(state.params, state.batch_stats, eval_batch)
     return [
-        Lowered(platform, f"{what} {tag}", traced[what, layout].lower(lowering_platforms=(platform,)).as_text())
+        Lowered(
+            platform, f"{what} {tag}", traced[what, layouts[platform]].lower(lowering_platforms=(platform,)).as_text()
+        )
         for what in ("train", "eval")
         for platform in platforms
-        for layout in ["packed" if packs_on(platform) else "per-param"]
     ]
 
 

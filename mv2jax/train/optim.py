@@ -170,6 +170,19 @@ def _offsets(tree: Any, decays: Any) -> tuple[int, ...]:
     return tuple(starts)
 
 
+def _offset_arrays(tree: Any, decays: Any) -> tuple[jax.Array, ...]:
+    """`_offsets` as the int32 scalars a `PackedState` holds."""
+    return tuple(jnp.asarray(s, jnp.int32) for s in _offsets(tree, decays))
+
+
+def _unpack(flat: Mapping[str, jax.Array], like: Any, decays: Any, starts: Any) -> list[jax.Array]:
+    """The leaves of `like` (shapes only; dtype of `flat`) cut out of the group vectors `flat` at `starts`."""
+    return [
+        jax.lax.dynamic_slice(flat[_group(d)], (s,), (int(np.size(leaf)),)).reshape(np.shape(leaf))
+        for leaf, d, s in zip(jax.tree.leaves(like), jax.tree.leaves(decays), starts, strict=True)
+    ]
+
+
 class PackedState(NamedTuple):
     """State of a `packed` optimizer: the inner optimizer's state over the two flat vectors, and where each
     parameter leaf starts in its vector (int32 scalars, constant). The offsets are state, i.e. runtime operands
@@ -192,8 +205,7 @@ def packed(inner: optax.GradientTransformation, decays: Callable[[Any], Any]) ->
 
     def init_fn(params):
         mask = decays(params)
-        starts = _offsets(params, mask)
-        return PackedState(inner.init(_pack(params, mask)), tuple(jnp.asarray(s, jnp.int32) for s in starts))
+        return PackedState(inner.init(_pack(params, mask)), _offset_arrays(params, mask))
 
     def update_fn(updates, state, params=None):
         mask = decays(updates)
@@ -205,10 +217,8 @@ def packed(inner: optax.GradientTransformation, decays: Callable[[Any], Any]) ->
             )
         flat_params = None if params is None else _pack(params, mask)
         flat, inner_state = inner.update(_pack(updates, mask), state.inner, flat_params)
-        out = []
-        for leaf, decay, start in zip(leaves, jax.tree.leaves(mask), state.offsets, strict=True):
-            piece = jax.lax.dynamic_slice(flat[_group(decay)], (start,), (int(np.size(leaf)),))
-            out.append(piece.reshape(jnp.shape(leaf)).astype(jnp.result_type(leaf)))
+        pieces = _unpack(flat, updates, mask, state.offsets)
+        out = [piece.astype(jnp.result_type(leaf)) for piece, leaf in zip(pieces, leaves, strict=True)]
         return jax.tree.unflatten(treedef, out), PackedState(inner_state, state.offsets)
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -245,24 +255,16 @@ def relayout(state: Any, params: Any, decays: Callable[[Any], Any]) -> Any:
     same optimizer's per-parameter state (`pack=False`), or the reverse. The numbers are unchanged. `params`: the
     parameters (arrays or ShapeDtypeStructs) the state is for; `decays`: their grouping (`decay_groups`)."""
     mask = decays(params)
-    leaves, treedef = jax.tree.flatten(params)
-    groups = [_group(d) for d in jax.tree.leaves(mask)]
-    starts = _offsets(params, mask)
+    treedef = jax.tree.structure(params)
     if isinstance(state, PackedState):
-
-        def unpack(flat: Mapping[str, jax.Array]) -> Any:
-            pieces = [
-                jax.lax.slice(flat[g], (s,), (s + int(np.size(leaf)),)).reshape(np.shape(leaf))
-                for leaf, g, s in zip(leaves, groups, starts, strict=True)
-            ]
-            return jax.tree.unflatten(treedef, pieces)
-
+        starts = _offsets(params, mask)
+        unpack = lambda flat: jax.tree.unflatten(treedef, _unpack(flat, params, mask, starts))  # noqa: E731
         return jax.tree.map(
             lambda n: unpack(n) if _is_packed_vectors(n) else n, state.inner, is_leaf=_is_packed_vectors
         )
     is_params = lambda node: jax.tree.structure(node) == treedef  # noqa: E731
     inner = jax.tree.map(lambda n: _pack(n, mask) if is_params(n) else n, state, is_leaf=is_params)
-    return PackedState(inner, tuple(jnp.asarray(s, jnp.int32) for s in starts))
+    return PackedState(inner, _offset_arrays(params, mask))
 
 
 @dataclasses.dataclass(frozen=True)
