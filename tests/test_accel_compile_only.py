@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 
 from mv2jax.accel import targets
-from mv2jax.accel.compile_only import REFINE_COMPILES, REFINE_WITHIN, StepReport, largest_fitting_batch
+from mv2jax.accel.compile_only import (
+    REFINE_COMPILES,
+    REFINE_WITHIN,
+    StepReport,
+    largest_fitting_batch,
+    refine_largest,
+)
 from mv2jax.accel.hlo import hlo_stats
 from mv2jax.cli import EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT
 
@@ -131,6 +137,29 @@ def test_the_largest_batch_is_refined_when_memory_is_not_linear_in_the_batch(pow
     assert found is not None and total(found.batch_per_device) <= capacity, calls
     assert found.batch_per_device >= (1 - REFINE_WITHIN) * true_max, (found.batch_per_device, true_max, calls)
     assert len(calls) <= 3 + REFINE_COMPILES, calls  # the failed step, the line's second point, the refinement
+
+
+def test_the_search_climbs_past_a_batch_where_memory_fell() -> None:
+    """XLA:TPU rematerialises more at larger batches, and its memory can fall as the batch grows (v4 in fp32: 1,119
+    images took less than 908). The secant through such a pair has no crossing above the fit; the search then
+    scales the fit's temporaries to the capacity instead of stopping at 54% of the largest batch."""
+    capacity, base = 10_000, 100
+
+    def total(batch: int) -> int:
+        return base + int((400 if batch < 550 else 300) * batch**0.5)
+
+    calls = []
+
+    def measure(batch: int) -> StepReport:
+        calls.append(batch)
+        return StepReport("train", batch, capacity, 0.0, argument_bytes=base, temp_bytes=total(batch) - base)
+
+    true_max = max(b for b in range(1, 100_000) if total(b) <= capacity)
+    found = refine_largest(measure, [measure(128), measure(256)])
+    assert found is not None and total(found.batch_per_device) <= capacity, calls
+    assert found.batch_per_device >= 0.8 * true_max, (found.batch_per_device, true_max, calls)
+    assert total(calls[3]) < total(calls[2]), calls  # the fall the secant cannot climb
+    assert len(calls) <= 2 + REFINE_COMPILES, calls
 
 
 def test_no_batch_fits_gives_none() -> None:

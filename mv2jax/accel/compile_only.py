@@ -158,7 +158,8 @@ def refine_largest(measure: Callable[[int], StepReport], known: list[StepReport]
     inside the bracket (the largest batch known to fit, the smallest known not to; the midpoint when the secant
     falls outside). Memory is close to linear in the batch, so the first guess usually lands within a few percent;
     XLA's layouts and rematerialisation make it less than linear at large batches, and the refinement climbs from
-    there. It stops when the bracket (or, with none above, the next step up) is within REFINE_WITHIN of the batch
+    there; where memory even fell as the batch grew (no crossing above the fit), it scales the fit's temporaries to
+    the capacity. It stops when the bracket (or, with none above, the next step up) is within REFINE_WITHIN of the batch
     that fits, or when that batch uses all but REFINE_WITHIN of the capacity."""
     for _ in range(REFINE_COMPILES):
         guess = _next_guess(known)
@@ -182,9 +183,19 @@ def _next_guess(known: list[StepReport]) -> int | None:
     guess = _secant_guess(known)
     if over is not None and (guess is None or not lo < guess < over):
         guess = (lo + over) // 2
+    elif over is None and fit is not None and (guess is None or guess <= lo):
+        guess = _scaled_to_capacity(fit)
     if guess is None or guess <= lo or (fit is not None and guess - lo <= REFINE_WITHIN * lo):
         return None
     return guess
+
+
+def _scaled_to_capacity(fit: StepReport) -> int | None:
+    """The batch at which `fit`'s temporaries, grown in proportion to the batch, fill the capacity: the next step
+    up when the secant has none (XLA rematerialised more at a larger batch, and memory fell as the batch grew)."""
+    if fit.temp_bytes <= 0:
+        return None
+    return int(fit.batch_per_device * (fit.capacity - (fit.total_bytes - fit.temp_bytes)) / fit.temp_bytes)
 
 
 def _versions(target: targets.Target) -> dict[str, str]:
