@@ -152,7 +152,8 @@ def _notes(report: dict[str, Any]) -> list[str]:
             notes.append(
                 "largest batch/chip (in brackets, the share of the chip's memory it uses): a second compile gives "
                 "a line of memory (state + temporaries) against the batch; its crossing with the chip's memory is "
-                f"compiled and refined by the secant, at most {REFINE_COMPILES} more compiles, until within "
+                "compiled and refined by the secant (where memory fell as the batch grew, by the fit's temporaries "
+                f"scaled to the capacity), at most {REFINE_COMPILES} more compiles, until within "
                 f"{REFINE_WITHIN:.0%} of the batch or of the memory; 'N not': the smallest batch compiled that did not "
                 "fit, where the compiles ran out before the search narrowed to it (the largest batch is between)"
             )
