@@ -147,7 +147,7 @@ def lower_ra_steps(
     tag = f"{'bf16' if amp else 'fp32'} x{n}"
     layouts = {p: "packed" if packs_on(p) else "per-param" for p in platforms}
     traced: dict[tuple[str, str], Any] = {}
-    for layout in set(layouts.values()):
+    for layout in dict.fromkeys(layouts.values()):  # each layout once, in the platforms' order
         built = build_steps(dataclasses.replace(config, opt_layout=layout), devices=devices)
         train_step, eval_step, state, train_batch, eval_batch = built
         traced["train", layout] = train_step.trace(state, train_batch)

@@ -159,8 +159,8 @@ def refine_largest(measure: Callable[[int], StepReport], known: list[StepReport]
     falls outside). Memory is close to linear in the batch, so the first guess usually lands within a few percent;
     XLA's layouts and rematerialisation make it less than linear at large batches, and the refinement climbs from
     there; where memory even fell as the batch grew (no crossing above the fit), it scales the fit's temporaries to
-    the capacity. It stops when the bracket (or, with none above, the next step up) is within REFINE_WITHIN of the batch
-    that fits, or when that batch uses all but REFINE_WITHIN of the capacity."""
+    the capacity. It stops when the bracket (or, with none above, the next step up) is within REFINE_WITHIN of the
+    batch that fits, or when that batch uses all but REFINE_WITHIN of the capacity."""
     for _ in range(REFINE_COMPILES):
         guess = _next_guess(known)
         if guess is None:
