@@ -104,7 +104,8 @@ class BatchNormAct2d(nnx.Module):
     `stat_groups` splits the batch into that many equal groups with their own statistics (timm's per-GPU
     BatchNorm without `--sync-bn`: a group per device). `running_stats_from` says which groups feed the running
     statistics: 'mean' over the groups (what timm's `--dist-bn reduce` gives at epoch end, the update being
-    linear) or 'first', group 0 only (rank 0's statistics: timm's `--dist-bn broadcast`).
+    linear) or 'first', group 0 only (rank 0's statistics: timm's `--dist-bn broadcast`). While a
+    `BatchStatsBuffer` holds the layer (`stats_buffer`), the statistics go to it and it moves the running ones.
     """
 
     def __init__(
@@ -124,6 +125,7 @@ class BatchNormAct2d(nnx.Module):
         self.use_running_average = False
         self.stat_groups = 1
         self.running_stats_from = "mean"
+        self.stats_buffer: BatchStatsBuffer | None = None
         self.weight = _param(np.ones(num_features), param_dtype)
         self.bias = _param(np.zeros(num_features), param_dtype)
         stat_dtype = jnp.promote_types(jnp.float32, param_dtype)
@@ -135,8 +137,12 @@ class BatchNormAct2d(nnx.Module):
         """PyTorch's running-average update from the per-group batch mean and biased variance `[G, C]` of `n`
         values each."""
         check_running_stats_from(self.running_stats_from)
+        self._fold_running_stats(*_fed_stats(mean, _unbiased(var, n), self.running_stats_from))
+
+    def _fold_running_stats(self, mean: jax.Array, var: jax.Array) -> None:
+        """The running statistics moved towards this step's `[C]` batch mean and unbiased variance."""
         stats = (self.running_mean, self.running_var, self.num_batches_tracked)
-        new = _running_stats_update(*(v[...] for v in stats), mean, var, n, self.momentum, self.running_stats_from)
+        new = _running_average(*(v[...] for v in stats), mean, var, self.momentum)
         # set_value, not `var[...] = `: under a trace the latter compares shardings, and asking a tracer for its
         # sharding builds an error message that walks the whole jaxpr so far (~1 s of a train step's trace)
         for variable, value in zip(stats, new, strict=True):
@@ -154,26 +160,84 @@ class BatchNormAct2d(nnx.Module):
         xg = _stat_cast(x).reshape(groups, x.shape[0] // groups, *x.shape[1:])
         shift = _stat_cast(self.running_mean[...])
         y, mean, var = self.backend.batch_norm_train(xg, w, b, shift, self.eps, self.act)
-        self._update_running_stats(mean, var, xg.shape[1] * xg.shape[2] * xg.shape[3])
+        n = xg.shape[1] * xg.shape[2] * xg.shape[3]
+        if self.stats_buffer is None:
+            self._update_running_stats(mean, var, n)
+        else:
+            self.stats_buffer.write(self, mean, _unbiased(var, n))
         return y.reshape(x.shape)
 
 
-@functools.partial(jax.jit, static_argnums=(5, 6, 7))
-def _running_stats_update(
-    running_mean, running_var, num_batches_tracked, mean, var, n: int, momentum: float, running_stats_from: str
-):
-    """(running_mean, running_var, num_batches_tracked) after one update; jitted to trace once per shape."""
-    unbiased = var * (n / max(n - 1, 1))
+def _unbiased(var: jax.Array, n: int) -> jax.Array:
+    """The biased variance of `n` values made unbiased, as PyTorch's running variance takes it."""
+    return var * (n / max(n - 1, 1))
+
+
+def _fed_stats(mean: jax.Array, var: jax.Array, running_stats_from: str) -> tuple[jax.Array, jax.Array]:
+    """The per-group statistics `[G, ...]` that feed the running averages: their mean over the groups, or group
+    0's."""
     if running_stats_from == "first":
-        fed_mean, fed_var = mean[0], unbiased[0]
-    else:
-        fed_mean, fed_var = jnp.mean(mean, axis=0), jnp.mean(unbiased, axis=0)
+        return mean[0], var[0]
+    return jnp.mean(mean, axis=0), jnp.mean(var, axis=0)
+
+
+@functools.partial(jax.jit, static_argnums=(5,))
+def _running_average(running_mean, running_var, num_batches_tracked, mean, var, momentum: float):
+    """(running_mean, running_var, num_batches_tracked) after one update towards the batch `mean` and unbiased
+    `var`; jitted to trace once per shape."""
     m = momentum
     return (
-        ((1 - m) * running_mean + m * fed_mean).astype(running_mean.dtype),
-        ((1 - m) * running_var + m * fed_var).astype(running_var.dtype),
+        ((1 - m) * running_mean + m * mean).astype(running_mean.dtype),
+        ((1 - m) * running_var + m * var).astype(running_var.dtype),
         num_batches_tracked + 1,
     )
+
+
+class BatchStatsBuffer:
+    """Where the train-mode BatchNorms of `model` put their per-group batch statistics during one forward: a
+    single `[G, 2, N]` array (mean and unbiased variance, N = all the layers' channels), written in place layer
+    after layer. `fold` then moves every layer's running statistics, as each layer would have on its own.
+
+    Kept by each layer, ~100 small statistics live from the forward to the step's end, and XLA:TPU scatters
+    them among the activations, which grows its heap (BENCHMARKS.md); one array takes one place.
+
+    Use: `buffer = BatchStatsBuffer(model)`, run the forward, `buffer.fold()` (which detaches the buffer), all
+    three within one trace (the train step's) or eagerly."""
+
+    def __init__(self, model: nnx.Module):
+        self.layers = [m for _, m in nnx.iter_modules(model) if isinstance(m, BatchNormAct2d)]
+        self.size = sum(layer.num_features for layer in self.layers)
+        self.array: jax.Array | None = None
+        self.written: list[tuple[BatchNormAct2d, int]] = []  # (layer, its channels' offset in the array)
+        self.end = 0
+        for layer in self.layers:
+            layer.stats_buffer = self
+
+    def write(self, layer: BatchNormAct2d, mean: jax.Array, var: jax.Array) -> None:
+        """`layer`'s per-group batch mean and unbiased variance, `[G, C]` each, into the next C channels."""
+        stats = jnp.stack([mean, var], axis=1)
+        channels = stats.shape[-1]
+        if self.end + channels > self.size:
+            raise ValueError(f"BatchNorm statistics of {self.end + channels} channels overflow a buffer of {self.size}")
+        if self.array is None:  # padded from the first statistics, so the array takes their sharding
+            self.array = jnp.pad(stats, ((0, 0), (0, 0), (0, self.size - channels)))
+        else:
+            self.array = jax.lax.dynamic_update_slice(self.array, stats.astype(self.array.dtype), (0, 0, self.end))
+        self.written.append((layer, self.end))
+        self.end += channels
+
+    def fold(self) -> None:
+        """Every written layer's running statistics updated from the array; the layers let go of the buffer."""
+        fed: dict[str, tuple[jax.Array, jax.Array]] = {}
+        for layer, start in self.written:
+            check_running_stats_from(layer.running_stats_from)
+            if layer.running_stats_from not in fed and self.array is not None:
+                fed[layer.running_stats_from] = _fed_stats(self.array[:, 0], self.array[:, 1], layer.running_stats_from)
+            mean, var = (s[start : start + layer.num_features] for s in fed[layer.running_stats_from])
+            layer._fold_running_stats(mean, var)
+        for layer in self.layers:
+            layer.stats_buffer = None
+        self.array, self.written, self.end = None, [], 0
 
 
 def check_running_stats_from(value: str) -> None:

@@ -47,7 +47,7 @@ from mv2jax.train.mesh import (
 from mv2jax.train.optim import OPTIMIZERS, create_optimizer, decay_groups, packs_on, relayout
 from mv2jax.train.schedules import create_schedule, scale_lr, scheduled_epochs
 from mv2jax.train.state import TrainState, create_train_state
-from mv2jax.train.step import StepConfig, make_eval_step, make_train_step
+from mv2jax.train.step import StepConfig, make_eval_step, make_train_step, stats_buffer_on
 
 # Auto-resume refuses a checkpoint whose run differs in these (a different run landed in the same directory).
 RESUME_IDENTITY = (
@@ -312,6 +312,7 @@ def _step_config(config: TrainConfig, mesh: Mesh, say: Callable) -> StepConfig:
         bn_stat_groups=stat_groups,
         bn_running_stats=running_stats,
         flat_norms=_packs(config, mesh.devices.flat[0].platform),
+        bn_stats_buffer=stats_buffer_on(mesh.devices.flat[0].platform),
     )
 
 

@@ -28,7 +28,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from mv2jax.metrics import example_metrics, masked_sums
-from mv2jax.models.layers import check_running_stats_from
+from mv2jax.models.layers import BatchStatsBuffer, check_running_stats_from
 from mv2jax.train.ema import ema_decay, ema_update
 from mv2jax.train.losses import label_smoothing_cross_entropy, soft_target_cross_entropy
 from mv2jax.train.mesh import batch_sharding, replicated, shard_train_state
@@ -51,6 +51,8 @@ class StepConfig:
     flat_norms: the gradient and parameter norms as one reduction over the concatenated leaves (few kernels; with
       the packed optimizer, which concatenates them too), else per leaf, summed (with the per-parameter optimizer:
       XLA:TPU fuses them into its kernels, where a concatenation costs HBM bytes).
+    bn_stats_buffer: the BatchNorms write their batch statistics into one array, folded into the running
+      statistics after the forward (`mv2jax.models.layers.BatchStatsBuffer`; `stats_buffer_on` says where).
     """
 
     label_smoothing: float = 0.1
@@ -59,6 +61,7 @@ class StepConfig:
     bn_stat_groups: int = 1
     bn_running_stats: str = "mean"
     flat_norms: bool = True
+    bn_stats_buffer: bool = False
 
     def __post_init__(self):
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -84,9 +87,19 @@ def _forward_loss(params, batch_stats, rng_state, batch: Batch, graphdef: nnx.Gr
     model = merge_model(graphdef, params, batch_stats, rng_state)
     model.train()
     model.set_bn_stat_groups(config.bn_stat_groups, config.bn_running_stats)
+    stats = BatchStatsBuffer(model) if config.bn_stats_buffer else None
     loss = train_loss(model(batch["image"]), batch, config.label_smoothing)
+    if stats is not None:
+        stats.fold()
     _, _, new_stats, new_rng = split_model(model)
     return loss, (new_stats, new_rng)
+
+
+def stats_buffer_on(platform: str) -> bool:
+    """Whether train.py's step collects the BatchNorm statistics in one array (`StepConfig.bn_stats_buffer`) on
+    `platform` ('cpu', 'gpu' or 'tpu'): on a TPU, where it shrinks the heap. XLA:GPU runs each in-place write as a
+    kernel of its own, and the CPU step does not need it (BENCHMARKS.md)."""
+    return platform == "tpu"
 
 
 def _global_norm(tree, flat: bool = True) -> jax.Array:

@@ -20,6 +20,7 @@ from flax import nnx
 
 import mv2jax
 from mv2jax.convert import model_variables, mv2jax_to_timm, timm_to_mv2jax
+from mv2jax.models.layers import BatchStatsBuffer
 from mv2jax.weights.state_dict import to_timm_layout
 from tests.timm_reference import forward, rel_err, state_dict_numpy, timm_model
 
@@ -134,6 +135,34 @@ def test_train_mode_updates_running_stats_and_eval_mode_does_not():
     changed = [k for k in before if not np.array_equal(before[k], model_variables(model)[k][...])]
     assert len(changed) == len(before)
     assert int(model.bn1.num_batches_tracked[...]) == 1
+
+
+@pytest.mark.parametrize("mode", ["mean", "first"])
+def test_stats_buffer_moves_running_stats_as_each_layer_does(mode):
+    """`BatchStatsBuffer` (the TPU step's): the same running statistics, bit for bit, as the layers' own updates,
+    with two stat groups fed by their mean or the first; the layers let go of the buffer after `fold`. Eager: the
+    buffer, the forward and `fold` belong in one trace (the train step's) or none."""
+    x = jnp.asarray(_batch(size=32, n=4)[0])
+    models = [mv2jax.create_model("mobilenetv2_035").train().set_bn_stat_groups(2, mode) for _ in range(2)]
+    models[0](x)
+    buffer = BatchStatsBuffer(models[1])
+    models[1](x)
+    buffer.fold()
+    own, buffered = (model_variables(m) for m in models)
+    stats = [k for k in own if "running" in k or "num_batches" in k]
+    assert len(stats) == 3 * len(buffer.layers) == 3 * 52
+    for k in stats:
+        np.testing.assert_array_equal(own[k][...], buffered[k][...], err_msg=k)
+    assert all(layer.stats_buffer is None for layer in buffer.layers)
+    assert not np.array_equal(own["bn1.running_mean"][...], np.zeros(16))
+
+
+def test_stats_buffer_refuses_more_channels_than_it_holds():
+    model = mv2jax.create_model("mobilenetv2_035").train()
+    buffer = BatchStatsBuffer(model)
+    stats = jnp.zeros((1, buffer.size + 1))
+    with pytest.raises(ValueError, match="overflow"):
+        buffer.write(buffer.layers[0], stats, stats)
 
 
 def test_drop_path_rates_follow_timm_per_block_schedule_and_only_on_residual_blocks():

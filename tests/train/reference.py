@@ -86,10 +86,17 @@ def tiny_mv2jax(**kwargs) -> MobileNetV2:
 
 
 def mv2jax_train(
-    model: MobileNetV2, batches, recipe: Recipe, *, bn_stat_groups: int = 1, bn_running_stats="mean", mesh=None
+    model: MobileNetV2,
+    batches,
+    recipe: Recipe,
+    *,
+    bn_stat_groups: int = 1,
+    bn_running_stats="mean",
+    bn_stats_buffer: bool = False,
+    mesh=None,
 ):
     """The same run through mv2jax's jitted step (on `mesh` if given: state replicated, batch on `data`);
-    `bn_stat_groups`, `bn_running_stats` as in `StepConfig`.
+    `bn_stat_groups`, `bn_running_stats`, `bn_stats_buffer` as in `StepConfig`.
 
     Returns (graphdef, final state, per-step metrics as numpy, the jitted step, the number of XLA compilations
     during steps 2..n: 0 when the step is compiled once)."""
@@ -102,6 +109,7 @@ def mv2jax_train(
         ema_warmup=recipe.ema_warmup,
         bn_stat_groups=bn_stat_groups,
         bn_running_stats=bn_running_stats,
+        bn_stats_buffer=bn_stats_buffer,
     )
     step = make_train_step(graphdef, tx, schedule, config, mesh)
     if mesh is not None:

@@ -48,9 +48,9 @@ GLOBAL_BATCH = 16  # 2 examples per device
 STEPS = 3
 
 
-def run(tmodel, batches, recipe, mesh, groups, dist_bn="reduce"):
-    """Float64 training on `mesh` with timm's `--dist-bn`; -> ((model, EMA) state dicts, losses, (graphdef,
-    state))."""
+def run(tmodel, batches, recipe, mesh, groups, dist_bn="reduce", stats_buffer=False):
+    """Float64 training on `mesh` with timm's `--dist-bn` (`stats_buffer`: `StepConfig.bn_stats_buffer`, as on a
+    TPU); -> ((model, EMA) state dicts, losses, (graphdef, state))."""
     model = load_timm(tiny_mv2jax(dtype=jnp.float64, param_dtype=jnp.float64), tmodel)
     graphdef, state, metrics, _, recompiles = mv2jax_train(
         model,
@@ -58,6 +58,7 @@ def run(tmodel, batches, recipe, mesh, groups, dist_bn="reduce"):
         recipe,
         bn_stat_groups=groups,
         bn_running_stats=dist_bn_running_stats(dist_bn, groups),
+        bn_stats_buffer=stats_buffer,
         mesh=mesh,
     )
     assert recompiles == 0, f"the sharded step compiled {recompiles} more times after its first call"
@@ -88,11 +89,21 @@ def main() -> None:
         out["eval_sharded"] = eval_sums(graphdef, state, eval_batch, mesh8)
         out["eval_unsharded"] = eval_sums(graphdef, jax.tree.map(local_copy, state), eval_batch, None)
         (first8, first8_ema), _, _ = run(tmodel, batches, recipe, mesh8, bn_stat_groups(mesh8), "broadcast")
+        buffered = {
+            mode: run(tmodel, batches, recipe, mesh8, bn_stat_groups(mesh8), mode, stats_buffer=True)[0]
+            for mode in ("reduce", "broadcast")
+        }
     ref, ref_ema, _, _ = timm_train(tmodel, batches, recipe, torch.float64, replicas=DEVICES)
     out["per_device_bn_f64"] = worst(rel_errors(per8, ref)) + worst(rel_errors(per8_ema, ref_ema))
+    out["stats_buffer_reduce_f64"] = worst(rel_errors(buffered["reduce"][0], ref)) + worst(
+        rel_errors(buffered["reduce"][1], ref_ema)
+    )
     for mode, name in (("broadcast", "per_device_bn_broadcast_f64"), ("", "per_device_bn_no_sync_f64")):
         ref, ref_ema, _, _ = timm_train(tmodel, batches, recipe, torch.float64, replicas=DEVICES, dist_bn=mode)
         out[name] = worst(rel_errors(first8, ref)) + worst(rel_errors(first8_ema, ref_ema))
+        if mode == "broadcast":
+            model, ema = buffered["broadcast"]
+            out["stats_buffer_broadcast_f64"] = worst(rel_errors(model, ref)) + worst(rel_errors(ema, ref_ema))
     out["broadcast_differs_from_reduce"] = worst(rel_errors(first8, per8))
     sync_ref, *_ = timm_train(tmodel, batches, recipe, torch.float64, replicas=1)
     out["per_device_differs_from_sync"] = worst(rel_errors(per8, sync_ref))

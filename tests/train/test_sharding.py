@@ -75,6 +75,14 @@ def test_per_device_bn_equals_timm_ddp_rank_0_with_dist_bn_none(eight_devices):
     assert model_err < TOL_F64 and ema_err < TOL_F64
 
 
+@pytest.mark.parametrize("mode", ["reduce", "broadcast"])
+def test_per_device_bn_through_one_stats_buffer_equals_timm_ddp(eight_devices, mode):
+    """The TPU step's BatchNorm statistics buffer (`StepConfig.bn_stats_buffer`) gives timm DDP's running
+    statistics for `--dist-bn reduce` and `broadcast` alike."""
+    _, model_err, _, ema_err = eight_devices[f"stats_buffer_{mode}_f64"]
+    assert model_err < TOL_F64 and ema_err < TOL_F64
+
+
 def test_eval_step_on_8_devices_equals_unsharded(eight_devices):
     sharded, unsharded = eight_devices["eval_sharded"], eight_devices["eval_unsharded"]
     assert sharded["count"] == unsharded["count"] == 13  # 16 examples, the last 3 padding
