@@ -104,9 +104,12 @@ def ra_config(
     return parse_config([*argv, "--amp"] if amp else argv)
 
 
-def build_steps(config, num_classes: int = 10, devices: Sequence[jax.Device] | None = None):
-    """(train step, eval step, state, train batch, eval batch) as train.py builds them for `config`, on a mesh over
-    `devices` (default: all), with zero-filled batches of the global size."""
+def build_steps(
+    config, num_classes: int = 10, devices: Sequence[jax.Device] | None = None, platform: str | None = None
+):
+    """(train step, eval step, state, train batch, eval batch) as train.py builds them for `config` on `platform`
+    (default: the devices'), on a mesh over `devices` (default: all), with zero-filled batches of the global
+    size."""
     from mv2jax.train import run as train_run
     from mv2jax.train.mesh import create_mesh, num_data_devices, shard_batch, shard_train_state
     from mv2jax.train.state import create_train_state
@@ -117,7 +120,7 @@ def build_steps(config, num_classes: int = 10, devices: Sequence[jax.Device] | N
     model = train_run._create_model(config, num_classes).model
     tx, schedule, _ = train_run._optimizer(config, 1000, global_batch, lambda *_: None)
     graphdef, state = create_train_state(model, tx, use_ema=config.model_ema)
-    step_config = train_run._step_config(config, mesh, lambda *_: None)
+    step_config = train_run._step_config(config, mesh, lambda *_: None, platform)
     size = config.img_size
     images = np.zeros((global_batch, size, size, 3), np.float32)
     labels = np.zeros((global_batch,), np.int32)
@@ -138,24 +141,29 @@ def lower_ra_steps(
     img_size: int = 32,
     conv_impl: str = "xla",
 ) -> list[Lowered]:
-    """The RA-recipe train step and the eval step, lowered for each platform (with the optimizer-state layout
-    train.py picks there, `optim.packs_on`)."""
+    """The RA-recipe train step and the eval step, lowered for each platform, as train.py builds them there (the
+    optimizer-state layout, `optim.packs_on`; the BatchNorm statistics buffer, `step.stats_buffer_on`)."""
     from mv2jax.train.optim import packs_on
+    from mv2jax.train.step import stats_buffer_on
 
     config = ra_config(model, amp=amp, batch_size=batch_size, img_size=img_size, conv_impl=conv_impl)
     n = len(devices) if devices is not None else jax.device_count()
     tag = f"{'bf16' if amp else 'fp32'} x{n}"
-    layouts = {p: "packed" if packs_on(p) else "per-param" for p in platforms}
-    traced: dict[tuple[str, str], Any] = {}
-    for layout in dict.fromkeys(layouts.values()):  # each layout once, in the platforms' order
-        built = build_steps(dataclasses.replace(config, opt_layout=layout), devices=devices)
-        train_step, eval_step, state, train_batch, eval_batch = built
-        traced["train", layout] = train_step.trace(state, train_batch)
+    builds = {p: ("packed" if packs_on(p) else "per-param", stats_buffer_on(p)) for p in platforms}
+    traced: dict[tuple[str, tuple[str, bool]], Any] = {}
+    for platform, build in builds.items():
+        if ("train", build) in traced:  # each build once, in the platforms' order
+            continue
+        config_there = dataclasses.replace(config, opt_layout=build[0])
+        train_step, eval_step, state, train_batch, eval_batch = build_steps(
+            config_there, devices=devices, platform=platform
+        )
+        traced["train", build] = train_step.trace(state, train_batch)
         # the eval step is a closure over its jitted function: jit the closure to trace it
-        traced["eval", layout] = jax.jit(eval_step).trace(state.params, state.batch_stats, eval_batch)
+        traced["eval", build] = jax.jit(eval_step).trace(state.params, state.batch_stats, eval_batch)
     return [
         Lowered(
-            platform, f"{what} {tag}", traced[what, layouts[platform]].lower(lowering_platforms=(platform,)).as_text()
+            platform, f"{what} {tag}", traced[what, builds[platform]].lower(lowering_platforms=(platform,)).as_text()
         )
         for what in ("train", "eval")
         for platform in platforms

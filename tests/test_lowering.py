@@ -105,3 +105,17 @@ def test_the_checks_catch_the_cpu_backend(tmp_path):
     ]
     assert program["control_flow"].get("stablehlo.case", 0) > 0
     assert not any(c["feature_group_count"] > 1 for c in program["convolutions"])
+
+
+@pytest.mark.parametrize("name", [c[1] for c in CASES if c[0] == "tpu" and c[1].startswith("train")])
+def test_the_tpu_train_step_writes_batch_norm_statistics_into_one_buffer(lowered, name):
+    """As train.py builds them (`step.stats_buffer_on`): for a TPU every BatchNorm after the first writes its
+    statistics in place into one array (a dynamic_update_slice each), for a GPU none does."""
+    from flax import nnx
+
+    import mv2jax
+    from mv2jax.models.layers import BatchNormAct2d
+
+    layers = sum(isinstance(m, BatchNormAct2d) for _, m in nnx.iter_modules(mv2jax.create_model(MODEL)))
+    updates = {p: lowered[p, name]["ops"].get("stablehlo.dynamic_update_slice", 0) for p in ("tpu", "cuda")}
+    assert updates["tpu"] - updates["cuda"] == layers - 1, updates

@@ -294,9 +294,11 @@ def _make_mix_fn(config: TrainConfig, num_classes: int, mesh: Mesh) -> Callable 
     return jax.jit(mix, in_shardings=(data, data, rep, rep), out_shardings=data)
 
 
-def _step_config(config: TrainConfig, mesh: Mesh, say: Callable) -> StepConfig:
-    """The train step's options; BatchNorm per device (or `--sync-bn`) with timm's `--dist-bn` applied at every
-    step (`mv2jax.train.mesh.dist_bn_running_stats`)."""
+def _step_config(config: TrainConfig, mesh: Mesh, say: Callable, platform: str | None = None) -> StepConfig:
+    """The train step's options for a step compiled for `platform` (default: the mesh's devices'); BatchNorm per
+    device (or `--sync-bn`) with timm's `--dist-bn` applied at every step
+    (`mv2jax.train.mesh.dist_bn_running_stats`)."""
+    platform = platform or mesh.devices.flat[0].platform
     stat_groups = bn_stat_groups(mesh, config.sync_bn)
     with _user_errors("--dist-bn"):
         running_stats = dist_bn_running_stats(config.dist_bn, stat_groups)
@@ -311,8 +313,8 @@ def _step_config(config: TrainConfig, mesh: Mesh, say: Callable) -> StepConfig:
         ema_warmup=config.model_ema_warmup,
         bn_stat_groups=stat_groups,
         bn_running_stats=running_stats,
-        flat_norms=_packs(config, mesh.devices.flat[0].platform),
-        bn_stats_buffer=stats_buffer_on(mesh.devices.flat[0].platform),
+        flat_norms=_packs(config, platform),
+        bn_stats_buffer=stats_buffer_on(platform),
     )
 
 
