@@ -118,7 +118,8 @@ def build_steps(
     mesh = create_mesh(devices)
     global_batch = config.batch_size * num_data_devices(mesh)
     model = train_run._create_model(config, num_classes).model
-    tx, schedule, _ = train_run._optimizer(config, 1000, global_batch, lambda *_: None)
+    platform = platform or mesh.devices.flat[0].platform
+    tx, schedule, _ = train_run._optimizer(config, 1000, global_batch, lambda *_: None, platform)
     graphdef, state = create_train_state(model, tx, use_ema=config.model_ema)
     step_config = train_run._step_config(config, mesh, lambda *_: None, platform)
     size = config.img_size
@@ -141,30 +142,19 @@ def lower_ra_steps(
     img_size: int = 32,
     conv_impl: str = "xla",
 ) -> list[Lowered]:
-    """The RA-recipe train step and the eval step, lowered for each platform, as train.py builds them there (the
-    optimizer-state layout, `optim.packs_on`; the BatchNorm statistics buffer, `step.stats_buffer_on`)."""
-    from mv2jax.train.optim import packs_on
-    from mv2jax.train.step import stats_buffer_on
-
+    """The RA-recipe train step and the eval step, lowered for each platform, built as train.py builds them there
+    (`build_steps` with that platform: its optimizer-state layout, BatchNorm statistics buffer)."""
     config = ra_config(model, amp=amp, batch_size=batch_size, img_size=img_size, conv_impl=conv_impl)
     n = len(devices) if devices is not None else jax.device_count()
     tag = f"{'bf16' if amp else 'fp32'} x{n}"
-    builds = {p: ("packed" if packs_on(p) else "per-param", stats_buffer_on(p)) for p in platforms}
-    traced: dict[tuple[str, tuple[str, bool]], Any] = {}
-    for platform, build in builds.items():
-        if ("train", build) in traced:  # each build once, in the platforms' order
-            continue
-        config_there = dataclasses.replace(config, opt_layout=build[0])
-        train_step, eval_step, state, train_batch, eval_batch = build_steps(
-            config_there, devices=devices, platform=platform
-        )
-        traced["train", build] = train_step.trace(state, train_batch)
+    traced: dict[tuple[str, str], Any] = {}
+    for platform in platforms:
+        train_step, eval_step, state, train_batch, eval_batch = build_steps(config, devices=devices, platform=platform)
+        traced["train", platform] = train_step.trace(state, train_batch)
         # the eval step is a closure over its jitted function: jit the closure to trace it
-        traced["eval", build] = jax.jit(eval_step).trace(state.params, state.batch_stats, eval_batch)
+        traced["eval", platform] = jax.jit(eval_step).trace(state.params, state.batch_stats, eval_batch)
     return [
-        Lowered(
-            platform, f"{what} {tag}", traced[what, builds[platform]].lower(lowering_platforms=(platform,)).as_text()
-        )
+        Lowered(platform, f"{what} {tag}", traced[what, platform].lower(lowering_platforms=(platform,)).as_text())
         for what in ("train", "eval")
         for platform in platforms
     ]
